@@ -1,0 +1,169 @@
+"""Analytic targets with exact log-density, score and sampler.
+
+A Gaussian and a Gaussian mixture with full covariances in any dimension. Their scores are
+written in closed form (no autograd), and `perturb(sigma)` returns the exact law of x + sigma z,
+z ~ N(0, I): a mixture convolved with a Gaussian is again a mixture, with every covariance
+increased by sigma^2 I. These are the ground truth the samplers and losses are tested against
+(Chapters 1 and 2).
+
+Points are tensors of shape [..., D]; every method is batched over the leading dimensions.
+"""
+
+import math
+
+import torch
+
+from . import _checks
+
+
+def _cholesky(covs, name):
+    """Cholesky factors of a [..., D, D] stack, checking symmetry and positive definiteness."""
+    if not torch.allclose(covs, covs.mT, rtol=1e-6, atol=1e-8 * float(covs.abs().max())):
+        raise ValueError(f"{name} must be symmetric; symmetrise it with (C + C.T) / 2")
+    chol, info = torch.linalg.cholesky_ex(covs)
+    if (info != 0).any():
+        raise ValueError(f"{name} must be positive definite (all eigenvalues > 0); add a small multiple of the identity")
+    return chol
+
+
+class GaussianMixture:
+    """p(x) = sum_k w_k N(x; mu_k, Sigma_k).
+
+    Args:
+        weights: [K] non-negative, summing to 1.
+        means: [K, D].
+        covs: [K, D, D] symmetric positive definite.
+
+    The score is the responsibility-weighted average of the component scores,
+    grad log p(x) = sum_k r_k(x) (-Sigma_k^{-1} (x - mu_k)),  r_k = softmax_k(log w_k + log N_k(x)),
+    with the responsibilities computed in log space so that it stays exact far from every mode
+    (Chapter 2).
+    """
+
+    def __init__(self, weights, means, covs):
+        means = _checks.as_float_tensor(means, "means")
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape [K, D]; got {tuple(means.shape)}")
+        K, D = means.shape
+        weights = _checks.as_float_tensor(weights, "weights", dtype=means.dtype, device=means.device)
+        covs = _checks.as_float_tensor(covs, "covs", dtype=means.dtype, device=means.device)
+        if weights.shape != (K,):
+            raise ValueError(f"weights must have shape [K] = [{K}] to match means; got {tuple(weights.shape)}")
+        if (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-6:
+            raise ValueError(f"weights must be non-negative and sum to 1; got sum {float(weights.sum()):.6g} (divide by the sum)")
+        if covs.shape != (K, D, D):
+            raise ValueError(f"covs must have shape [K, D, D] = [{K}, {D}, {D}]; got {tuple(covs.shape)}")
+        self.weights, self.means, self.covs = weights, means, covs
+        self._chol = _cholesky(covs, "covs")
+        eye = torch.eye(D, dtype=means.dtype, device=means.device)
+        self._chol_inv = torch.linalg.solve_triangular(self._chol, eye, upper=False)  # L^{-1}
+        self._precision = self._chol_inv.mT @ self._chol_inv
+        self._log_norm = -0.5 * D * math.log(2 * math.pi) - self._chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+    @classmethod
+    def isotropic(cls, weights, means, variances):
+        """Mixture whose k-th component has covariance variances[k] * I."""
+        means = _checks.as_float_tensor(means, "means")
+        variances = _checks.as_float_tensor(variances, "variances", dtype=means.dtype, device=means.device)
+        if variances.ndim == 0:
+            variances = variances.expand(means.shape[0])
+        eye = torch.eye(means.shape[-1], dtype=means.dtype, device=means.device)
+        return cls(weights, means, variances[:, None, None] * eye)
+
+    @property
+    def dim(self):
+        return self.means.shape[-1]
+
+    @property
+    def n_components(self):
+        return self.means.shape[0]
+
+    def _component_log_probs(self, x):
+        """log w_k + log N(x; mu_k, Sigma_k) for every k, shape [..., K], and x - mu_k, shape [..., K, D]."""
+        _checks.last_dim(x, self.dim)
+        diff = x[..., None, :] - self.means  # [..., K, D]
+        # y = L_k^{-1} (x - mu_k), so that |y|^2 is the Mahalanobis distance under Sigma_k.
+        y = (self._chol_inv @ diff[..., None])[..., 0]
+        maha = y.square().sum(-1)
+        return self.weights.log() + self._log_norm - 0.5 * maha, diff
+
+    def log_prob(self, x):
+        """log p(x), shape [...]."""
+        logits, _ = self._component_log_probs(x)
+        return torch.logsumexp(logits, dim=-1)
+
+    def responsibilities(self, x):
+        """Posterior component probabilities r_k(x) = p(k | x), shape [..., K]."""
+        logits, _ = self._component_log_probs(x)
+        return torch.softmax(logits, dim=-1)
+
+    def score(self, x):
+        """grad_x log p(x) in closed form, shape [..., D]."""
+        logits, diff = self._component_log_probs(x)
+        r = torch.softmax(logits, dim=-1)
+        component_scores = -(self._precision @ diff[..., None])[..., 0]  # [..., K, D]
+        return (r[..., None] * component_scores).sum(-2)
+
+    def sample(self, n, generator=None):
+        """n independent samples, shape [n, D]."""
+        _checks.non_negative_int(n, "n")
+        device = self.means.device
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=device)
+        return self.means[k] + (self._chol[k] @ z[..., None])[..., 0]
+
+    def perturb(self, sigma):
+        """The exact law of x + sigma z with z ~ N(0, I): every covariance grows by sigma^2 I."""
+        _checks.positive_number(sigma, "sigma")
+        eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
+        return self._with_covs(self.covs + sigma**2 * eye)
+
+    def _with_covs(self, covs):
+        return GaussianMixture(self.weights, self.means, covs)
+
+    def mean(self):
+        """E[x] = sum_k w_k mu_k."""
+        return self.weights @ self.means
+
+    def covariance(self):
+        """Cov[x] = sum_k w_k (Sigma_k + mu_k mu_k^T) - E[x] E[x]^T."""
+        m = self.mean()
+        second = (self.weights[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
+        return second - torch.outer(m, m)
+
+    def to(self, device=None, dtype=None):
+        """A copy on another device or dtype (for sampling on a GPU)."""
+        return GaussianMixture(*(t.to(device=device, dtype=dtype) for t in (self.weights, self.means, self.covs)))
+
+    def __repr__(self):
+        return f"GaussianMixture(K={self.n_components}, D={self.dim})"
+
+
+class Gaussian(GaussianMixture):
+    """N(mean, cov): a mixture with one component, with its closed forms written directly.
+
+    score(x) = -cov^{-1} (x - mean).
+    """
+
+    def __init__(self, mean, cov):
+        mean = _checks.as_float_tensor(mean, "mean")
+        if mean.ndim != 1:
+            raise ValueError(f"mean must have shape [D]; got {tuple(mean.shape)}")
+        cov = _checks.as_float_tensor(cov, "cov", dtype=mean.dtype, device=mean.device)
+        D = mean.shape[0]
+        if cov.shape != (D, D):
+            raise ValueError(f"cov must have shape [D, D] = [{D}, {D}]; got {tuple(cov.shape)}")
+        super().__init__(torch.ones(1, dtype=mean.dtype, device=mean.device), mean[None], cov[None])
+
+    def _with_covs(self, covs):
+        return Gaussian(self.means[0], covs[0])
+
+    def score(self, x):
+        _checks.last_dim(x, self.dim)
+        return -(x - self.means[0]) @ self._precision[0]
+
+    def to(self, device=None, dtype=None):
+        return Gaussian(*(t.to(device=device, dtype=dtype) for t in (self.means[0], self.covs[0])))
+
+    def __repr__(self):
+        return f"Gaussian(D={self.dim})"
