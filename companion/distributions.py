@@ -121,6 +121,20 @@ class GaussianMixture:
     def _with_covs(self, covs):
         return GaussianMixture(self.weights, self.means, covs)
 
+    def posterior_mean(self, y, sigma):
+        """E[x | x + sigma z = y], computed from the component posteriors (not from the score):
+
+            sum_k r_k(y) [mu_k + Sigma_k (Sigma_k + sigma^2 I)^{-1} (y - mu_k)],
+
+        with r_k the responsibilities under the perturbed mixture. Tweedie's formula says this
+        equals y + sigma^2 grad log p_sigma(y) (Chapter 4); this is the independent ground truth.
+        """
+        q = self.perturb(sigma)
+        r = q.responsibilities(y)
+        gain = self.covs @ q._precision  # [K, D, D]
+        components = self.means + (gain @ (y[..., None, :] - self.means)[..., None])[..., 0]
+        return (r[..., None] * components).sum(-2)
+
     def mean(self):
         """E[x] = sum_k w_k mu_k."""
         return self.weights @ self.means

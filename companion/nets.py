@@ -1,0 +1,53 @@
+"""Score networks.
+
+Toy-data models for Part II: `ScoreMLP`, s_θ(x), and `NoiseConditionalMLP`, s_θ(x, σ). Both use
+SiLU activations, which are smooth, so the Jacobian ∇ₓs_θ that implicit and sliced score
+matching differentiate is defined everywhere and itself differentiable.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+def _mlp(d_in, d_out, hidden, depth):
+    layers, d = [], d_in
+    for _ in range(depth):
+        layers += [nn.Linear(d, hidden), nn.SiLU()]
+        d = hidden
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+class ScoreMLP(nn.Module):
+    """s_θ(x) for points in R^D: an MLP with `depth` hidden layers of width `hidden` (Chapter 3)."""
+
+    def __init__(self, dim, hidden=128, depth=3):
+        super().__init__()
+        self.dim = dim
+        self.net = _mlp(dim, dim, hidden, depth)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class NoiseConditionalMLP(nn.Module):
+    """s_θ(x, σ) = MLP([x, Fourier features of log σ]) / σ (Chapter 4).
+
+    The network sees log σ rather than σ, so that levels a factor apart are equally far apart
+    for it, and its output is divided by σ, because the score of p_σ has a typical size of
+    √D / σ (Song & Ermon 2020, technique 3). σ is a positive number or a [batch] tensor.
+    """
+
+    def __init__(self, dim, hidden=128, depth=3, n_freqs=8):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("freqs", 2.0 ** torch.arange(n_freqs) * math.pi / 8, persistent=False)
+        self.net = _mlp(dim + 2 * n_freqs, dim, hidden, depth)
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0]).reshape(-1, 1)
+        angles = sigma.log() * self.freqs
+        h = torch.cat([x, angles.sin(), angles.cos()], dim=-1)
+        return self.net(h) / sigma
