@@ -6,6 +6,6 @@
 # Each chapter executes once per run: in step 2.
 source "$(dirname "$0")/env.sh"
 status=0
-python scripts/prime_cache.py && jupyter-book build . --all -W -n --keep-going || status=1
+python scripts/prime_cache.py && jupyter-book build . --all -W -n --keep-going && python scripts/check_site.py || status=1
 python -m pytest tests book --nbval --nbval-current-env --nbval-sanitize-with tests/nbval-sanitize.cfg -p no:cacheprovider || status=1
 exit $status
