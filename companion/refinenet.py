@@ -1,0 +1,207 @@
+"""The image score network of NCSN: a RefineNet with dilated convolutions, conditioned on the
+noise level through CondInstanceNorm++ (Song & Ermon 2019, Appendix B.1; Chapter 7).
+
+Layout at 28×28 (channels in brackets, ngf = base width):
+
+    x ↦ 2x − 1 ↦ conv3×3 [ngf]
+    res1: 2 residual blocks                      [ngf]     28×28
+    res2: 2 blocks, the first halves the size   [2 ngf]   14×14
+    res3: 2 dilated blocks (dilation 2)          [2 ngf]   14×14   ("down" blocks keep the size)
+    res4: 2 dilated blocks (dilation 4)          [2 ngf]   14×14
+    refine1(res4) → refine2(res3, ·) → refine3(res2, ·) [ngf] → refine4(res1, ·) [ngf]
+    CondInstanceNorm++ → ELU → conv3×3 [channels]
+
+Every normalisation layer holds one (γ, α, β) triple per noise level, so the network is called
+with the index of the level, `net(x, level)`; `LevelConditioned` adapts it to the book's score
+signature s(x, σ).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CondInstanceNormPlus(nn.Module):
+    """CondInstanceNorm++: instance normalisation that keeps the information it removes.
+
+    z = γ[l] ⊙ (IN(x) + α[l] ⊙ μ̃) + β[l], where μ̃ is the vector of channel means standardised
+    across channels and l the noise level. Plain instance norm would erase each channel's mean,
+    i.e. the colour and brightness of an image; the α term puts it back.
+    """
+
+    def __init__(self, channels, n_levels):
+        super().__init__()
+        self.channels = channels
+        self.embed = nn.Embedding(n_levels, 3 * channels)
+        with torch.no_grad():
+            self.embed.weight[:, : 2 * channels].normal_(1.0, 0.02)  # γ and α start near 1
+            self.embed.weight[:, 2 * channels :].zero_()  # β starts at 0
+
+    def forward(self, x, level):
+        means = x.mean(dim=(2, 3))
+        means = (means - means.mean(-1, keepdim=True)) / (means.var(-1, keepdim=True) + 1e-5).sqrt()
+        gamma, alpha, beta = self.embed(level)[..., None, None].chunk(3, dim=1)
+        return gamma * (F.instance_norm(x, eps=1e-5) + alpha * means[..., None, None]) + beta
+
+
+def _conv3x3(c_in, c_out, dilation=1, bias=True):
+    return nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=bias)
+
+
+class ConvMeanPool(nn.Module):
+    """A convolution followed by 2×2 average pooling."""
+
+    def __init__(self, c_in, c_out, kernel_size):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x):
+        return F.avg_pool2d(self.conv(x), 2)
+
+
+class CondResBlock(nn.Module):
+    """norm → ELU → conv → norm → ELU → conv, plus a shortcut.
+
+    down=True changes the channel count in the second convolution and, without dilation, halves
+    the resolution (mean pooling); with dilation > 1 the "down" block keeps the resolution and
+    widens the receptive field instead.
+    """
+
+    def __init__(self, c_in, c_out, n_levels, *, down=False, dilation=1):
+        super().__init__()
+        self.norm1 = CondInstanceNormPlus(c_in, n_levels)
+        mid = c_in if down else c_out
+        if down and dilation == 1:
+            self.conv1 = _conv3x3(c_in, mid)
+            self.conv2 = ConvMeanPool(mid, c_out, 3)
+            self.shortcut = ConvMeanPool(c_in, c_out, 1)
+        else:
+            self.conv1 = _conv3x3(c_in, mid, dilation)
+            self.conv2 = _conv3x3(mid, c_out, dilation)
+            self.shortcut = _conv3x3(c_in, c_out, dilation) if (down or c_in != c_out) else None
+        self.norm2 = CondInstanceNormPlus(mid, n_levels)
+        self.act = nn.ELU()
+
+    def forward(self, x, level):
+        h = self.conv1(self.act(self.norm1(x, level)))
+        h = self.conv2(self.act(self.norm2(h, level)))
+        return h + (x if self.shortcut is None else self.shortcut(x))
+
+
+class CondRCU(nn.Module):
+    """Residual conv units: n_blocks × (n_stages × (norm → ELU → conv)) with a skip per block."""
+
+    def __init__(self, channels, n_levels, n_blocks, n_stages=2):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(
+                nn.ModuleList([CondInstanceNormPlus(channels, n_levels), _conv3x3(channels, channels, bias=False)])
+                for _ in range(n_stages)
+            )
+            for _ in range(n_blocks)
+        )
+        self.act = nn.ELU()
+
+    def forward(self, x, level):
+        for block in self.blocks:
+            h = x
+            for norm, conv in block:
+                h = conv(self.act(norm(h, level)))
+            x = x + h
+        return x
+
+
+class CondMSF(nn.Module):
+    """Multi-resolution fusion: norm → conv each input, resize bilinearly to the output size, sum."""
+
+    def __init__(self, in_channels, channels, n_levels):
+        super().__init__()
+        self.norms = nn.ModuleList(CondInstanceNormPlus(c, n_levels) for c in in_channels)
+        self.convs = nn.ModuleList(_conv3x3(c, channels) for c in in_channels)
+
+    def forward(self, xs, level, size):
+        out = 0
+        for x, norm, conv in zip(xs, self.norms, self.convs):
+            out = out + F.interpolate(conv(norm(x, level)), size=size, mode="bilinear", align_corners=True)
+        return out
+
+
+class CondCRP(nn.Module):
+    """Chained residual pooling with average pooling (5×5, stride 1): a chain of
+    norm → pool → conv whose every stage is added to the input."""
+
+    def __init__(self, channels, n_levels, n_stages=2):
+        super().__init__()
+        self.norms = nn.ModuleList(CondInstanceNormPlus(channels, n_levels) for _ in range(n_stages))
+        self.convs = nn.ModuleList(_conv3x3(channels, channels, bias=False) for _ in range(n_stages))
+        self.act = nn.ELU()
+
+    def forward(self, x, level):
+        x = self.act(x)
+        path = x
+        for norm, conv in zip(self.norms, self.convs):
+            path = conv(F.avg_pool2d(norm(path, level), 5, stride=1, padding=2))
+            x = x + path
+        return x
+
+
+class CondRefineBlock(nn.Module):
+    """RefineNet block: RCU on each input → multi-resolution fusion → CRP → output RCU."""
+
+    def __init__(self, in_channels, channels, n_levels, *, end=False):
+        super().__init__()
+        self.adapt = nn.ModuleList(CondRCU(c, n_levels, n_blocks=2) for c in in_channels)
+        self.msf = CondMSF(in_channels, channels, n_levels) if len(in_channels) > 1 else None
+        self.crp = CondCRP(channels, n_levels)
+        self.out = CondRCU(channels, n_levels, n_blocks=3 if end else 1)
+
+    def forward(self, xs, level, size):
+        hs = [adapt(x, level) for adapt, x in zip(self.adapt, xs)]
+        h = self.msf(hs, level, size) if self.msf is not None else hs[0]
+        return self.out(self.crp(h, level), level)
+
+
+class CondRefineNetDilated(nn.Module):
+    """The NCSN score network s_θ(x, l) for images of shape [channels, size, size].
+
+    Args:
+        channels: image channels (1 for MNIST).
+        ngf: base width; the MNIST configuration of the paper uses 64.
+        n_levels: number of noise levels L (one CondInstanceNorm++ embedding row each).
+        image_size: 28 or 32 (any even size works; the layout is the same).
+    Inputs are images in [0, 1], mapped to [−1, 1] inside; `level` is a [batch] tensor of level
+    indices in [0, n_levels).
+    """
+
+    def __init__(self, channels=1, ngf=64, n_levels=10, image_size=28):
+        super().__init__()
+        if image_size % 2:
+            raise ValueError(f"image_size must be even (the network halves it once); got {image_size}")
+        self.channels, self.ngf, self.n_levels, self.image_size = channels, ngf, n_levels, image_size
+        w = 2 * ngf
+        self.begin = nn.Conv2d(channels, ngf, 3, padding=1)
+        self.res1 = nn.ModuleList([CondResBlock(ngf, ngf, n_levels), CondResBlock(ngf, ngf, n_levels)])
+        self.res2 = nn.ModuleList([CondResBlock(ngf, w, n_levels, down=True), CondResBlock(w, w, n_levels)])
+        self.res3 = nn.ModuleList([CondResBlock(w, w, n_levels, down=True, dilation=2), CondResBlock(w, w, n_levels, dilation=2)])
+        self.res4 = nn.ModuleList([CondResBlock(w, w, n_levels, down=True, dilation=4), CondResBlock(w, w, n_levels, dilation=4)])
+        self.refine1 = CondRefineBlock([w], w, n_levels)
+        self.refine2 = CondRefineBlock([w, w], w, n_levels)
+        self.refine3 = CondRefineBlock([w, w], ngf, n_levels)
+        self.refine4 = CondRefineBlock([ngf, ngf], ngf, n_levels, end=True)
+        self.norm = CondInstanceNormPlus(ngf, n_levels)
+        self.end = nn.Conv2d(ngf, channels, 3, padding=1)
+        self.act = nn.ELU()
+
+    def forward(self, x, level):
+        h = self.begin(2 * x - 1)
+        features = []
+        for stage in (self.res1, self.res2, self.res3, self.res4):
+            for block in stage:
+                h = block(h, level)
+            features.append(h)
+        l1, l2, l3, l4 = features
+        h = self.refine1([l4], level, l4.shape[2:])
+        h = self.refine2([l3, h], level, l3.shape[2:])
+        h = self.refine3([l2, h], level, l2.shape[2:])
+        h = self.refine4([l1, h], level, l1.shape[2:])
+        return self.end(self.act(self.norm(h, level)))

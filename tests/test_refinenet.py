@@ -1,0 +1,90 @@
+"""The NCSN RefineNet (Song & Ermon 2019, Appendix B.1)."""
+
+import pytest
+import torch
+
+from companion.refinenet import CondInstanceNormPlus, CondRefineNetDilated
+
+
+def conv(c_in, c_out, k=3, bias=True):
+    return c_in * c_out * k * k + (c_out if bias else 0)
+
+
+def layout_parameter_count(ngf, n_levels, channels=1):
+    """Parameters of the NCSN layout, counted layer by layer from the paper's description:
+    every CondInstanceNorm++ holds 3 × channels × levels numbers; RCU and CRP convolutions have no
+    bias; MSF, residual and the outer convolutions do."""
+    w, L = 2 * ngf, n_levels
+
+    def norm(c):
+        return 3 * c * L
+
+    def res(c_in, c_out, down=False, dilated=False):
+        if down and not dilated:  # conv, then conv + mean pool; 1x1 conv + mean pool shortcut
+            return norm(c_in) + conv(c_in, c_in) + norm(c_in) + conv(c_in, c_out) + conv(c_in, c_out, 1)
+        if down:  # dilated "down" block: same size, 3x3 dilated shortcut
+            return norm(c_in) + conv(c_in, c_in) + norm(c_in) + conv(c_in, c_out) + conv(c_in, c_out)
+        return norm(c_in) + conv(c_in, c_out) + norm(c_out) + conv(c_out, c_out)
+
+    def rcu(c, blocks):
+        return blocks * 2 * (norm(c) + conv(c, c, bias=False))
+
+    def refine(ins, c, end=False):
+        total = sum(rcu(i, 2) for i in ins) + 2 * (norm(c) + conv(c, c, bias=False)) + rcu(c, 3 if end else 1)
+        if len(ins) > 1:
+            total += sum(norm(i) + conv(i, c) for i in ins)
+        return total
+
+    return (
+        conv(channels, ngf)
+        + 2 * res(ngf, ngf) + res(ngf, w, down=True) + res(w, w)
+        + res(w, w, down=True, dilated=True) + res(w, w, dilated=True)
+        + res(w, w, down=True, dilated=True) + res(w, w, dilated=True)
+        + refine([w], w) + refine([w, w], w) + refine([w, w], ngf) + refine([ngf, ngf], ngf, end=True)
+        + norm(ngf) + conv(ngf, channels)
+    )
+
+
+@pytest.mark.parametrize("ngf,levels,channels", [(64, 10, 1), (32, 10, 1), (16, 5, 3)])
+def test_parameter_count_matches_the_layout(ngf, levels, channels):
+    net = CondRefineNetDilated(channels=channels, ngf=ngf, n_levels=levels)
+    assert sum(p.numel() for p in net.parameters()) == layout_parameter_count(ngf, levels, channels)
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3)])
+def test_output_has_the_shape_of_the_input(size, channels):
+    torch.manual_seed(0)
+    net = CondRefineNetDilated(channels=channels, ngf=8, n_levels=4, image_size=size)
+    x = torch.rand(2, channels, size, size)
+    out = net(x, torch.tensor([0, 3]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_the_level_changes_the_output_and_samples_are_independent():
+    torch.manual_seed(1)
+    net = CondRefineNetDilated(ngf=8, n_levels=4)
+    with torch.no_grad():
+        net.norm.embed.weight[1] += 0.5  # distinct per-level parameters
+        x = torch.rand(3, 1, 28, 28)
+        a, b = net(x, torch.tensor([0, 0, 0])), net(x, torch.tensor([0, 1, 0]))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    assert not torch.allclose(a[1], b[1])
+
+
+def test_cond_instance_norm_plus_keeps_channel_means():
+    torch.manual_seed(2)
+    norm = CondInstanceNormPlus(4, n_levels=2)
+    with torch.no_grad():
+        gamma, alpha, beta = norm.embed.weight.view(2, 3, 4).unbind(1)
+        gamma.fill_(1), beta.zero_()
+        alpha[0].zero_(), alpha[1].fill_(1)
+    x = torch.randn(2, 4, 5, 5) + torch.tensor([0.0, 1.0, 2.0, 3.0])[:, None, None]
+    plain, plus = norm(x, torch.tensor([0, 0])), norm(x, torch.tensor([1, 1]))
+    assert plain.mean(dim=(2, 3)).abs().max() < 1e-5  # instance norm alone erases the means
+    kept = plus.mean(dim=(2, 3))
+    assert (kept.diff(dim=1) > 0).all()  # the alpha term restores their order across channels
+
+
+def test_odd_image_size_is_rejected():
+    with pytest.raises(ValueError, match="image_size"):
+        CondRefineNetDilated(image_size=27)
