@@ -1,0 +1,147 @@
+"""Noise schedules and NCSNv2's rules for choosing them (Chapter 6).
+
+Every schedule returns the noise scales sorted **descending**, σ₁ > σ₂ > … > σ_L, as in
+Song & Ermon (2019); samplers refuse anything else.
+
+NCSNv2's rules (Song & Ermon 2020) tie the schedule to the data:
+- technique 1: σ₁ as large as the largest distance between two training points
+  (`max_pairwise_distance`), so that the first level connects every mode;
+- technique 2: consecutive levels σ_{i−1} = γ σ_i with γ chosen for the data dimension D
+  (`ncsnv2_gamma`), so that p_{σ_i} and p_{σ_{i−1}} overlap enough (`ncsnv2_num_scales`);
+- technique 4: given T Langevin steps per level, the step size ε that brings the variance of a
+  Gaussian chain from γ²σ_L² to as close to σ_L² as possible (`ncsnv2_step_size`).
+"""
+
+import math
+
+import torch
+
+from . import _checks
+
+
+def _check_range(sigma_max, sigma_min, n):
+    _checks.positive_number(sigma_max, "sigma_max")
+    _checks.positive_number(sigma_min, "sigma_min")
+    if not sigma_max > sigma_min:
+        raise ValueError(f"sigma_max must exceed sigma_min; got sigma_max={sigma_max}, sigma_min={sigma_min}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"the number of scales must be an integer >= 2; got {n!r}")
+
+
+def geometric(sigma_max, sigma_min, n, dtype=torch.float64):
+    """σ_i = σ_max (σ_min/σ_max)^{(i−1)/(n−1)}, i = 1..n: a constant ratio between levels."""
+    _check_range(sigma_max, sigma_min, n)
+    return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), n, dtype=dtype)
+
+
+def linear(sigma_max, sigma_min, n, dtype=torch.float64):
+    """Equally spaced levels from σ_max down to σ_min."""
+    _check_range(sigma_max, sigma_min, n)
+    return torch.linspace(sigma_max, sigma_min, n, dtype=dtype)
+
+
+def cosine(sigma_max, sigma_min, n, dtype=torch.float64):
+    """Levels spaced like a cosine ramp: σ_i = σ_min + (σ_max − σ_min)(1 + cos(π u_i))/2,
+    u_i = (i−1)/(n−1). Dense near both ends, sparse in the middle."""
+    _check_range(sigma_max, sigma_min, n)
+    u = torch.linspace(0, 1, n, dtype=dtype)
+    return sigma_min + (sigma_max - sigma_min) * (1 + torch.cos(math.pi * u)) / 2
+
+
+def check_decreasing(sigmas, name="sigmas"):
+    """Return sigmas as a 1-D tensor after checking that they are positive and strictly decreasing."""
+    sigmas = _checks.as_float_tensor(sigmas, name)
+    if sigmas.ndim != 1 or sigmas.numel() < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence; got shape {tuple(sigmas.shape)}")
+    if (sigmas <= 0).any():
+        raise ValueError(f"{name} must be positive")
+    if (sigmas.diff() >= 0).any():
+        raise ValueError(f"{name} must be strictly decreasing (sigma_1 > ... > sigma_L); sort them descending, "
+                         f"e.g. sigmas.flip(0) for an ascending schedule")
+    return sigmas
+
+
+def max_pairwise_distance(x, max_points=4096, generator=None):
+    """The largest Euclidean distance between two rows of x (flattened), NCSNv2's choice of σ₁.
+
+    Exact for up to `max_points` samples; above that, a random subset of that size is used, which
+    can only underestimate the maximum.
+    """
+    _checks.batch(x)
+    flat = x.reshape(x.shape[0], -1).to(torch.float64)
+    if flat.shape[0] > max_points:
+        flat = flat[torch.randperm(flat.shape[0], generator=generator)[:max_points]]
+    best = torch.zeros((), dtype=torch.float64)
+    for chunk in flat.split(512):  # [512, N] distance blocks keep the memory bounded
+        best = torch.maximum(best, torch.cdist(chunk, flat).max())
+    return best.item()
+
+
+def _normal_cdf(t):
+    return 0.5 * (1 + math.erf(t / math.sqrt(2)))
+
+
+def ncsnv2_gamma(dim, target=0.5):
+    """The ratio γ = σ_{i−1}/σ_i of NCSNv2's technique 2 for data of dimension D:
+
+        Φ(√(2D)(γ−1) + 3γ) − Φ(√(2D)(γ−1) − 3γ) = target (0.5),
+
+    solved by bisection (the left side decreases in γ on the bracket used)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer; got {dim!r}")
+    c = math.sqrt(2 * dim)
+
+    def overlap(g):
+        return _normal_cdf(c * (g - 1) + 3 * g) - _normal_cdf(c * (g - 1) - 3 * g)
+
+    lo, hi = 1.0 + 1e-12, 1.0 + 10.0
+    if not overlap(hi) < target < overlap(lo):
+        raise ValueError(f"target must lie in ({overlap(hi):.3g}, {overlap(lo):.3g}) for dim={dim}; got {target}")
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if overlap(mid) > target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def ncsnv2_num_scales(sigma_max, sigma_min, dim):
+    """The number of levels L of a geometric schedule whose ratio does not exceed ncsnv2_gamma(dim)."""
+    _check_range(sigma_max, sigma_min, 2)
+    gamma = ncsnv2_gamma(dim)
+    return math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma)) + 1
+
+
+def ncsnv2_variance_ratio(step_size, sigma_min, gamma, n_steps_each):
+    """Var[x_T] / σ_L² for T Langevin steps x ← x + ε s(x) + √(2ε) z on N(0, σ_L²), started at
+    variance γ²σ_L² (the variance the previous level leaves behind). With r = 1 − ε/σ_L²:
+
+        r^{2T} (γ² − 2ε/(σ_L² − σ_L² r²)) + 2ε/(σ_L² − σ_L² r²).
+
+    It is a convex combination of γ² > 1 and the chain's stationary ratio 1/(1 − ε/(2σ_L²)) > 1,
+    so it exceeds 1 for every stable step; technique 4 makes it as close to 1 as possible."""
+    r = 1 - step_size / sigma_min**2
+    stationary = 2 * step_size / (sigma_min**2 - sigma_min**2 * r**2)
+    return r ** (2 * n_steps_each) * (gamma**2 - stationary) + stationary
+
+
+def ncsnv2_step_size(sigma_min, gamma, n_steps_each):
+    """NCSNv2's technique 4: the step ε (the step at σ_L in the book's convention, i.e. the
+    `step_lr` of `annealed_langevin`) that minimises |ncsnv2_variance_ratio − 1| over stable
+    steps 0 < ε < σ_L², by a fine search in log ε followed by golden-section refinement."""
+    _checks.positive_number(sigma_min, "sigma_min")
+    if not gamma > 1:
+        raise ValueError(f"gamma must exceed 1; got {gamma}")
+    if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
+        raise ValueError(f"n_steps_each must be a positive integer; got {n_steps_each!r}")
+
+    def gap(log_eps):
+        return abs(ncsnv2_variance_ratio(math.exp(log_eps), sigma_min, gamma, n_steps_each) - 1)
+
+    hi = math.log(sigma_min**2)
+    grid = [hi - 30 + 30 * k / 3000 for k in range(3001)]
+    k = min(range(len(grid)), key=lambda j: gap(grid[j]))
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    phi = (math.sqrt(5) - 1) / 2
+    for _ in range(100):
+        c, d = b - phi * (b - a), a + phi * (b - a)
+        a, b = (a, d) if gap(c) < gap(d) else (c, b)
+    return math.exp(0.5 * (a + b))
