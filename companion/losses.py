@@ -12,12 +12,14 @@ are handled by flattening each sample: `score_fn` receives and returns tensors o
 | `ism_loss` | ½‖s(x)‖² + tr ∇ₓs(x) | the Jacobian trace, exact or estimated (Hyvärinen 2005) |
 | `ssm_loss` | vᵀ∇ₓs(x) v + ½(vᵀs(x))², or ½‖s‖² with SSM-VR | one Jacobian-vector product per projection (Song et al. 2019) |
 | `dsm_loss` | ½‖s(x + σz) + z/σ‖² | nothing but noise (Vincent 2011; Chapter 4) |
+| `ncsn_loss` | ½ λ(σ)‖s(x + σz, σ) + z/σ‖², σ drawn from the levels | a noise-conditional model (Song & Ermon 2019; Chapter 5) |
 """
 
 import torch
 from torch.func import jacrev, vmap
 
 from . import _checks
+from .schedules import check_decreasing
 
 REDUCTIONS = ("mean", "sum", "none")
 PROBES = ("rademacher", "gaussian", "sphere")
@@ -193,6 +195,31 @@ def dsm_loss(score_fn, x, sigma, *, generator=None, reduction="mean"):
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     x_noisy = x + sigma * z
     per_sample = 0.5 * _flat(score_fn(x_noisy) + z / sigma).square().sum(-1)
+    return _reduce(per_sample, reduction)
+
+
+def ncsn_loss(score_fn, x, sigmas, *, weighting="sigma2", generator=None, reduction="mean"):
+    """The multi-scale denoising objective of NCSN (Song & Ermon 2019, Eq. 6; Chapter 5).
+
+    Each sample gets one level σ drawn uniformly from `sigmas`, then
+
+        per sample: ½ λ(σ) ‖s(x + σz, σ) + z/σ‖²,   λ(σ) = σ² (weighting='sigma2') or 1 ('none'),
+
+    summed over dimensions and averaged over the batch — numerically the reference
+    implementation's `anneal_dsm_score_estimation`. With λ = σ² every level contributes a term of
+    the same size, ½‖σ s + z‖², whatever σ is. `score_fn(x_noisy, sigma)` receives a [batch]
+    tensor of levels.
+    """
+    _checks.batch(x)
+    _check_reduction(reduction)
+    sigmas = check_decreasing(sigmas).to(device=x.device, dtype=x.dtype)
+    if weighting not in ("sigma2", "none"):
+        raise ValueError(f"weighting must be 'sigma2' or 'none'; got {weighting!r}")
+    idx = torch.randint(0, len(sigmas), x.shape[:1], generator=generator, device=x.device)
+    sigma = sigmas[idx]
+    per_sample = dsm_loss(lambda x_noisy: score_fn(x_noisy, sigma), x, sigma, generator=generator, reduction="none")
+    if weighting == "sigma2":
+        per_sample = sigma**2 * per_sample
     return _reduce(per_sample, reduction)
 
 

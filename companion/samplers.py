@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import trange
 
 from . import _checks
+from .schedules import check_decreasing
 
 
 def _noise_like(x, generator):
@@ -103,6 +104,62 @@ def mala(log_prob_fn, score_fn, x, step_size, n_steps, *, generator=None, callba
             callback({"i": i, "x": x, "accepted": accept})
     rate = accepted / max(n_steps * x.shape[0], 1)
     return _checks.finite_result(x, "mala", "check that log_prob_fn and score_fn are finite at the start"), rate
+
+
+@torch.no_grad()
+def annealed_langevin(score_fn, x, sigmas, *, step_lr=2e-5, n_steps_each=100, denoise=False, mask=None,
+                      x_known=None, generator=None, callback=None, progress=False):
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; Chapter 6).
+
+    For each level σ_i, largest first, run n_steps_each Langevin steps on p_{σ_i} with
+
+        α_i = step_lr · σ_i² / σ_L²,   x ← x + α_i s(x, σ_i) + √(2 α_i) z.
+
+    This is the update of the reference code; the paper writes x + (α_i/2) s + √α_i z, the same
+    chain with its α twice ours. step_lr is therefore the step at the last, smallest level.
+
+    Args:
+        score_fn: s(x, sigma) with sigma a [batch] tensor (every entry equal to σ_i).
+        x: [batch, ...] starting points (NCSN starts from uniform noise; N(0, σ₁²I) also works).
+        sigmas: strictly decreasing noise levels σ₁ > … > σ_L.
+        denoise: finish with the Tweedie step x + σ_L² s(x, σ_L), the posterior mean of the
+            clean sample (Chapter 4).
+        mask, x_known: inpainting. Where mask is 1 the pixels are known: at each level they are
+            set to x_known + σ_i z (one z per level), and re-imposed after every step.
+    """
+    _checks.batch(x)
+    sigmas = check_decreasing(sigmas)
+    _checks.positive_number(step_lr, "step_lr")
+    _checks.non_negative_int(n_steps_each, "n_steps_each")
+    if (mask is None) != (x_known is None):
+        raise ValueError("inpainting needs both mask and x_known (mask = 1 where x_known is kept)")
+    if mask is not None:
+        for name, t in (("mask", mask), ("x_known", x_known)):
+            try:
+                ok = torch.broadcast_shapes(t.shape, x.shape) == x.shape
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{name} must broadcast to the shape of x {tuple(x.shape)}; got {tuple(t.shape)}")
+        mask = mask.bool()
+    levels = sigmas.tolist()  # Python floats: no host synchronisation inside the loop
+    sigma_min = levels[-1]
+    for i in trange(len(levels), disable=not progress, desc="annealed Langevin"):
+        sigma = levels[i]
+        alpha = step_lr * (sigma / sigma_min) ** 2
+        sigma_batch = torch.full(x.shape[:1], sigma, dtype=x.dtype, device=x.device)
+        if mask is not None:
+            known = x_known + sigma * _noise_like(torch.broadcast_to(x_known, x.shape), generator)
+            x = torch.where(mask, known, x)
+        for t in range(n_steps_each):
+            x = x + alpha * score_fn(x, sigma_batch) + (2 * alpha) ** 0.5 * _noise_like(x, generator)
+            if mask is not None:
+                x = torch.where(mask, known, x)
+            if callback is not None:
+                callback({"i": i, "t": t, "sigma": sigma, "x": x})
+    if denoise:
+        x = x + sigma_min**2 * score_fn(x, torch.full(x.shape[:1], sigma_min, dtype=x.dtype, device=x.device))
+    return _checks.finite_result(x, "annealed_langevin", "step_lr is too large for the smallest level; reduce it")
 
 
 def inverse_cdf(log_prob_fn, n, *, low, high, n_grid=4097, generator=None):
