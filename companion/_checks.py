@@ -23,6 +23,8 @@ def as_float_tensor(value, name, *, dtype=None, device=None):
 
 def positive_number(value, name):
     """A strictly positive finite float or 0-d tensor (returned unchanged)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a positive number; got {value!r}")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a single number; got a tensor of shape {tuple(value.shape)}")

@@ -12,8 +12,8 @@ def _axes(ax):
     return ax if ax is not None else plt.subplots(figsize=(4, 4))[1]
 
 
-def grid_2d(xlim, ylim, n=100, dtype=torch.float64):
-    """A regular grid: returns (xx, yy, points) with points of shape [n*n, 2]."""
+def grid_2d(xlim, ylim, n=100, dtype=None):
+    """A regular grid: returns (xx, yy, points) with points of shape [n*n, 2] (default dtype)."""
     xs = torch.linspace(*xlim, n, dtype=dtype)
     ys = torch.linspace(*ylim, n, dtype=dtype)
     xx, yy = torch.meshgrid(xs, ys, indexing="xy")
@@ -54,4 +54,138 @@ def samples_2d(x, ax=None, s=2, alpha=0.5, **kwargs):
     x = torch.as_tensor(x).detach().cpu()
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=s, alpha=alpha, **kwargs)
     ax.set(aspect="equal")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 2 (score functions): a mixture panel and the flow lines of a score field.
+
+
+def mixture_panel(mixture, xlim=(-5, 5), ylim=(-5, 5), ax=None, n_arrows=17, normalize=True, show_means=True,
+                  cmap="Blues", arrow_color="k"):
+    """Draw a 2-D Gaussian mixture: its density as filled contours, its score field as arrows on
+    top, and its component means as red crosses; returns the Axes.
+
+    The grid is cast to the mixture's dtype, so float32 and float64 mixtures both work. With
+    normalize=True every arrow has unit length (the direction of the score only), which keeps the
+    arrows readable where the score is large. Used for the static figures and by
+    `companion.widgets.mixture_score_explorer` in Chapter 2 (score functions and energy-based models).
+    """
+    dtype = mixture.means.dtype
+    ax = density_2d(lambda x: mixture.log_prob(x.to(dtype)), xlim, ylim, ax=ax, cmap=cmap)
+    score_field(lambda x: mixture.score(x.to(dtype)), xlim, ylim, n=n_arrows, ax=ax, normalize=normalize,
+                color=arrow_color, width=0.004)
+    if show_means:
+        m = mixture.means.detach().cpu()
+        ax.scatter(m[:, 0].numpy(), m[:, 1].numpy(), marker="x", color="tab:red", s=30, zorder=3)
+    ax.set(xlabel=r"$x_1$", ylabel=r"$x_2$")
+    return ax
+
+
+def score_streamlines(score_fn, xlim=(-4, 4), ylim=(-4, 4), n=80, ax=None, color="k", density=1.0, linewidth=0.6,
+                      dtype=torch.float64, **kwargs):
+    """Flow lines of a 2-D vector field: curves x(t) with dx/dt = s(x), drawn with matplotlib's
+    streamplot on an n x n grid of the given dtype (pass the dtype score_fn expects); returns the Axes.
+
+    For a score s = grad log p these are the paths of the gradient flow of log p: they run from low
+    to high density and end at stationary points of the score (Chapter 2, score functions).
+    """
+    ax = _axes(ax)
+    xx, yy, pts = grid_2d(xlim, ylim, n, dtype=dtype)
+    with torch.no_grad():
+        s = score_fn(pts).reshape(n, n, 2).to(torch.float64).cpu()
+    ax.streamplot(xx.numpy(), yy.numpy(), s[..., 0].numpy(), s[..., 1].numpy(), color=color, density=density,
+                  linewidth=linewidth, arrowsize=0.7, **kwargs)
+    ax.set(xlim=xlim, ylim=ylim, aspect="equal")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 1 (Langevin dynamics): 1-D histograms against a density, and 2-D trajectories.
+
+
+def samples_hist_1d(x, log_prob_fn=None, xlim=(-5, 5), bins=80, ax=None, n_grid=400, color="C0", label="samples",
+                    density_label="target density", density_color="k"):
+    """Histogram of 1-D samples, scaled so that its area is the fraction of samples inside xlim,
+    with the density exp(log_prob_fn) drawn on top as a curve; returns the Axes.
+
+    `x` has shape [N] or [N, 1]; `log_prob_fn` takes a [n_grid, 1] tensor (the convention of
+    `companion.distributions`) and must be normalised. Samples outside xlim are left out of the
+    bars but still count in N, so a chain that has not converged, or has drifted away, shows as
+    missing mass. Used in Chapter 1 (Langevin dynamics) for the inverse-CDF sampler and for ULA /
+    MALA histograms, and by `companion.widgets.langevin_explorer`.
+    """
+    import numpy as np
+
+    ax = _axes(ax)
+    x = torch.as_tensor(x).detach().reshape(-1).to(torch.float64).cpu().numpy()
+    counts, edges = np.histogram(x, bins=bins, range=xlim)
+    heights = counts / (max(len(x), 1) * np.diff(edges))
+    ax.stairs(heights, edges, fill=True, alpha=0.45, color=color, label=label)
+    if log_prob_fn is not None:
+        t = torch.linspace(*xlim, n_grid, dtype=torch.float64)
+        with torch.no_grad():
+            dens = log_prob_fn(t[:, None]).exp().reshape(-1).to(torch.float64).cpu()
+        ax.plot(t.numpy(), dens.numpy(), color=density_color, lw=1.2, label=density_label)
+    ax.set(xlim=xlim, xlabel="$x$", ylabel="density")
+    return ax
+
+
+def trajectories_2d(path, ax=None, color="C3", lw=0.8, alpha=0.8, mark_ends=True, **kwargs):
+    """Draw 2-D trajectories: `path` is a list of T tensors of shape [N, 2] (or one [T, N, 2]
+    tensor), one polyline per chain, with a small circle at each start and a filled dot at each
+    end; returns the Axes.
+
+    Collect `path` with the `callback` of a companion sampler, e.g.
+    `langevin(..., callback=lambda d: path.append(d["x"][:5]))`. Used in Chapter 1 (Langevin
+    dynamics) to contrast gradient ascent with Langevin dynamics.
+    """
+    ax = _axes(ax)
+    p = torch.stack(list(path)) if not isinstance(path, torch.Tensor) else path
+    p = p.detach().to(torch.float64).cpu().numpy()
+    for n in range(p.shape[1]):
+        ax.plot(p[:, n, 0], p[:, n, 1], color=color, lw=lw, alpha=alpha, **kwargs)
+    if mark_ends:
+        ax.scatter(p[0, :, 0], p[0, :, 1], s=18, facecolors="none", edgecolors=color, zorder=3)
+        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=18, color=color, zorder=3)
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4 (denoising score matching): a perturbed mixture, its score and the Tweedie denoiser.
+
+
+def tweedie_panel(mixture, sigma, xlim=(-5, 5), ylim=(-5, 5), ax=None, n_arrows=15, n_noisy=12, seed=0,
+                  show_field=True, cmap="Blues"):
+    """Draw the perturbed density p_sigma = p * N(0, sigma^2 I) of a Gaussian mixture p (filled
+    contours), its score grad log p_sigma (unit arrows, if show_field) and the Tweedie denoiser on
+    a few noisy points; returns the Axes.
+
+    The noisy points are x~ = x + sigma z with x ~ p and z ~ N(0, I) drawn from `seed`, so that the
+    same clean points and the same noise are used for every sigma. Each x~ (open circle) is joined
+    by a red segment to its posterior mean E[x | x~] (red dot), computed by
+    `mixture.posterior_mean`; Tweedie's formula says that this is x~ + sigma^2 grad log p_sigma(x~).
+    Used in Chapter 4 (denoising score matching) for a static figure and by
+    `companion.widgets.tweedie_explorer`.
+    """
+    if n_noisy < 0:
+        raise ValueError(f"n_noisy must be non-negative; got {n_noisy}")
+    dtype = mixture.means.dtype
+    perturbed = mixture.perturb(sigma)
+    ax = density_2d(lambda x: perturbed.log_prob(x.to(dtype)), xlim, ylim, ax=ax, cmap=cmap)
+    if show_field:
+        score_field(lambda x: perturbed.score(x.to(dtype)), xlim, ylim, n=n_arrows, ax=ax, normalize=True,
+                    color="0.25", width=0.0035)
+    if n_noisy:
+        gen = torch.Generator().manual_seed(seed)
+        clean = mixture.sample(n_noisy, generator=gen)
+        noisy = clean + sigma * torch.randn(clean.shape, generator=gen, dtype=dtype)
+        with torch.no_grad():
+            denoised = mixture.posterior_mean(noisy, sigma)
+        noisy, denoised = noisy.detach().cpu().numpy(), denoised.detach().cpu().numpy()
+        for a, b in zip(noisy, denoised):
+            ax.plot([a[0], b[0]], [a[1], b[1]], color="tab:red", lw=1.0, zorder=3)
+        ax.scatter(noisy[:, 0], noisy[:, 1], s=22, facecolors="white", edgecolors="tab:red", zorder=4)
+        ax.scatter(denoised[:, 0], denoised[:, 1], s=14, color="tab:red", zorder=5)
+    ax.set(xlim=xlim, ylim=ylim, xlabel=r"$x_1$", ylabel=r"$x_2$")
     return ax

@@ -4,3 +4,217 @@ Each function builds its controls and returns the widget; a chapter displays it 
 The website cannot run them (there is no kernel behind a static page), so every chapter shows a
 static figure of a few settings beside each control.
 """
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 2 (score functions and energy-based models).
+
+
+def mixture_score_explorer(xlim=(-5, 5), ylim=(-5, 5), variance=1.0, n_arrows=17):
+    """Sliders that move the two means of a two-component isotropic Gaussian mixture
+    w N(mu_1, v I) + (1 - w) N(mu_2, v I) in the plane and set the weight w; every change redraws
+    the density (filled contours), the score field (arrows) and the means (red crosses) with
+    `companion.plotting.mixture_panel`. A checkbox switches between unit arrows (direction only)
+    and arrows scaled by the length of the score.
+
+    Used in Chapter 2 (score functions and energy-based models) to watch the stationary points of
+    the score appear, move and merge. Needs ipywidgets and a running kernel; returns the widget.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from .distributions import GaussianMixture
+    from .plotting import mixture_panel
+
+    def slider(value, lo, hi, description, step=0.1):
+        return widgets.FloatSlider(value=value, min=lo, max=hi, step=step, description=description,
+                                   continuous_update=False, readout_format=".1f")
+
+    m1x, m1y = slider(-2.0, *xlim, "mu_1 x"), slider(0.0, *ylim, "mu_1 y")
+    m2x, m2y = slider(2.0, *xlim, "mu_2 x"), slider(0.0, *ylim, "mu_2 y")
+    weight = widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="w",
+                                 continuous_update=False, readout_format=".2f")
+    unit = widgets.Checkbox(value=True, description="unit arrows")
+    out = widgets.Output()
+
+    def redraw(_=None):
+        mixture = GaussianMixture.isotropic(
+            [weight.value, 1.0 - weight.value], [[m1x.value, m1y.value], [m2x.value, m2y.value]], variance
+        )
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4.5, 4.5))
+            mixture_panel(mixture, xlim, ylim, ax=ax, n_arrows=n_arrows, normalize=unit.value)
+            ax.set_title(f"w = {weight.value:.2f}")
+            display(fig)
+            plt.close(fig)
+
+    for control in (m1x, m1y, m2x, m2y, weight, unit):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([m1x, m1y]), widgets.HBox([m2x, m2y]), widgets.HBox([weight, unit]), out])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 1 (Langevin dynamics).
+
+
+def langevin_targets():
+    """The 1-D targets offered by `langevin_explorer`, as a dict name -> distribution:
+    the standard Gaussian, for which ULA's stationary law is known in closed form
+    (N(0, 1 / (1 - eps/2)), Chapter 1), and a two-mode mixture 0.7 N(-1.5, 0.5^2) + 0.3 N(1.5, 0.5^2),
+    whose narrow components make ULA unstable for eps >= 2 * 0.5^2 = 0.5 near the modes.
+    """
+    import torch
+
+    from .distributions import Gaussian, GaussianMixture
+
+    return {
+        "Gaussian N(0, 1)": Gaussian(torch.zeros(1, dtype=torch.float64), torch.eye(1, dtype=torch.float64)),
+        "mixture 0.7 N(-1.5, 0.25) + 0.3 N(1.5, 0.25)": GaussianMixture.isotropic(
+            torch.tensor([0.7, 0.3], dtype=torch.float64), torch.tensor([[-1.5], [1.5]], dtype=torch.float64), 0.25
+        ),
+    }
+
+
+def draw_langevin_state(target="Gaussian N(0, 1)", method="ULA", step_size=0.1, n_steps=100, x_init=3.0,
+                        n_chains=5000, seed=0, xlim=(-5, 5), ax=None):
+    """Run `n_chains` chains of ULA (`companion.samplers.langevin`) or MALA (`companion.samplers.mala`)
+    with step size `step_size` for `n_steps` steps, all started at `x_init`, on one of the 1-D targets
+    of `langevin_targets` (a name, or any 1-D distribution with log_prob and score), and draw the
+    histogram of the chains against the target density with `companion.plotting.samples_hist_1d`.
+
+    For the Gaussian target and ULA with step_size < 2 it also draws ULA's stationary law
+    N(0, 1 / (1 - step_size / 2)) as a dashed curve (the discretisation bias of Chapter 1). If the
+    chains diverge (step_size too large for the curvature) the panel says so instead. The title
+    reports the step size, the number of steps and, for MALA, the acceptance rate. Used for the
+    static figure and the interactive control of Chapter 1 (Langevin dynamics); returns the Axes.
+    """
+    import math
+
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .plotting import samples_hist_1d
+    from .samplers import langevin, mala
+
+    ax = ax if ax is not None else plt.subplots(figsize=(6, 3))[1]
+    name = target if isinstance(target, str) else repr(target)
+    dist = langevin_targets()[target] if isinstance(target, str) else target
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.full((n_chains, 1), float(x_init), dtype=dist.means.dtype)
+    title = f"{method}, $\\varepsilon$ = {step_size:.3g}, {n_steps} steps"
+    try:
+        if method == "MALA":
+            x, rate = mala(dist.log_prob, dist.score, x0, step_size, n_steps, generator=gen)
+            title += f", acceptance {float(rate):.2f}"
+        else:
+            x = langevin(dist.score, x0, step_size, n_steps, generator=gen)
+    except ValueError:
+        ax.text(0.5, 0.5, "the chains diverged:\nstep size too large for the curvature", ha="center", va="center",
+                transform=ax.transAxes, color="tab:red")
+        ax.set(xlim=xlim, title=title, xlabel="$x$", ylabel="density")
+        return ax
+    samples_hist_1d(x, dist.log_prob, xlim=xlim, ax=ax)
+    if method == "ULA" and name.startswith("Gaussian") and step_size < 2:
+        v = 1.0 / (1.0 - step_size / 2)
+        t = torch.linspace(*xlim, 400, dtype=torch.float64)
+        ax.plot(t.numpy(), (torch.exp(-t**2 / (2 * v)) / math.sqrt(2 * math.pi * v)).numpy(), "--", color="tab:red",
+                lw=1.2, label="ULA stationary law")
+    ax.axvline(float(x_init), color="0.5", lw=0.8, ls=":")
+    ax.set_title(title, fontsize=10)
+    return ax
+
+
+def langevin_explorer(n_chains=5000, seed=0):
+    """Controls for Langevin sampling on a 1-D target (Chapter 1, Langevin dynamics): the target
+    (see `langevin_targets`), the method (ULA or MALA), the step size eps (log scale, 1e-3 to 3),
+    the number of steps and the starting point. Every change reruns `n_chains` chains and redraws
+    their histogram against the target density with `draw_langevin_state` (for the Gaussian and
+    ULA, also ULA's biased stationary law). Needs ipywidgets and a running kernel; returns the widget.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    target = widgets.Dropdown(options=list(langevin_targets()), description="target")
+    method = widgets.ToggleButtons(options=["ULA", "MALA"], description="method")
+    step = widgets.FloatLogSlider(value=0.1, base=10, min=-3, max=0.477, step=0.01, description="step ε",
+                                  continuous_update=False, readout_format=".3g")
+    steps = widgets.IntSlider(value=100, min=0, max=2000, step=10, description="steps", continuous_update=False)
+    start = widgets.FloatSlider(value=3.0, min=-4.0, max=4.0, step=0.5, description="start", continuous_update=False)
+    out = widgets.Output()
+
+    def redraw(_=None):
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(7, 3))
+            draw_langevin_state(target.value, method.value, step.value, steps.value, start.value, n_chains=n_chains,
+                                seed=seed, ax=ax)
+            ax.legend(fontsize=8, loc="upper left")
+            display(fig)
+            plt.close(fig)
+
+    for control in (target, method, step, steps, start):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([target, method]), widgets.HBox([step, steps, start]), out])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4 (denoising score matching).
+
+
+def dsm_example_mixture(dtype=None):
+    """The two-dimensional three-component Gaussian mixture of Chapter 4 (denoising score matching):
+    weights (0.5, 0.3, 0.2), means (-2, -1), (2, -1), (0, 2), small full covariances."""
+    import torch
+
+    from .distributions import GaussianMixture
+
+    dtype = dtype or torch.get_default_dtype()
+    return GaussianMixture(
+        torch.tensor([0.5, 0.3, 0.2], dtype=dtype),
+        torch.tensor([[-2.0, -1.0], [2.0, -1.0], [0.0, 2.0]], dtype=dtype),
+        torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.2, -0.1], [-0.1, 0.3]], [[0.15, 0.0], [0.0, 0.15]]], dtype=dtype),
+    )
+
+
+def tweedie_explorer(mixture=None, xlim=(-5, 5), ylim=(-5, 5), n_noisy=12):
+    """Controls for Chapter 4 (denoising score matching): a log-scale slider for the noise level
+    sigma (0.05 to 5), a slider for the number of noisy points and a checkbox for the score arrows.
+    Every change redraws, with `companion.plotting.tweedie_panel`, the perturbed density
+    p_sigma = p * N(0, sigma^2 I) of `mixture` (default: `dsm_example_mixture()`), its score field,
+    and noisy points x~ = x + sigma z joined to their Tweedie denoisings
+    E[x | x~] = x~ + sigma^2 grad log p_sigma(x~). The clean points and the noise are fixed, so
+    moving the slider moves every noisy point along its own ray. Needs ipywidgets and a running
+    kernel; returns the widget.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from .plotting import tweedie_panel
+
+    mixture = mixture if mixture is not None else dsm_example_mixture()
+    sigma = widgets.FloatLogSlider(value=0.5, base=10, min=-1.3, max=0.7, step=0.02, description="σ",
+                                   continuous_update=False, readout_format=".3g")
+    points = widgets.IntSlider(value=n_noisy, min=0, max=60, step=1, description="noisy points",
+                               continuous_update=False)
+    field = widgets.Checkbox(value=True, description="score arrows")
+    out = widgets.Output()
+
+    def redraw(_=None):
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4.8, 4.8))
+            tweedie_panel(mixture, sigma.value, xlim, ylim, ax=ax, n_noisy=points.value, show_field=field.value)
+            ax.set_title(f"σ = {sigma.value:.3g}")
+            display(fig)
+            plt.close(fig)
+
+    for control in (sigma, points, field):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([sigma, points, field]), out])
