@@ -20,10 +20,10 @@ def grid_2d(xlim, ylim, n=100, dtype=None):
     return xx, yy, torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
 
 
-def density_2d(log_prob_fn, xlim=(-4, 4), ylim=(-4, 4), n=150, ax=None, cmap="Blues", **kwargs):
-    """Filled contours of exp(log_prob_fn) on a grid."""
+def density_2d(log_prob_fn, xlim=(-4, 4), ylim=(-4, 4), n=150, ax=None, cmap="Blues", dtype=None, **kwargs):
+    """Filled contours of exp(log_prob_fn) on a grid of the given dtype (default: torch's)."""
     ax = _axes(ax)
-    xx, yy, pts = grid_2d(xlim, ylim, n)
+    xx, yy, pts = grid_2d(xlim, ylim, n, dtype)
     with torch.no_grad():
         p = log_prob_fn(pts).exp().reshape(n, n)
     ax.contourf(xx.numpy(), yy.numpy(), p.numpy(), levels=20, cmap=cmap, **kwargs)
@@ -31,14 +31,15 @@ def density_2d(log_prob_fn, xlim=(-4, 4), ylim=(-4, 4), n=150, ax=None, cmap="Bl
     return ax
 
 
-def score_field(score_fn, xlim=(-4, 4), ylim=(-4, 4), n=20, ax=None, normalize=False, color="k", **kwargs):
-    """Quiver plot of a 2-D vector field s(x) on an n x n grid.
+def score_field(score_fn, xlim=(-4, 4), ylim=(-4, 4), n=20, ax=None, normalize=False, color="k", dtype=None,
+                **kwargs):
+    """Quiver plot of a 2-D vector field s(x) on an n x n grid of the given dtype (default: torch's).
 
     With normalize=True every arrow has unit length (direction only); otherwise arrows are
     scaled together, so their lengths compare.
     """
     ax = _axes(ax)
-    xx, yy, pts = grid_2d(xlim, ylim, n)
+    xx, yy, pts = grid_2d(xlim, ylim, n, dtype)
     with torch.no_grad():
         s = score_fn(pts).reshape(n, n, 2)
     if normalize:
@@ -188,4 +189,35 @@ def tweedie_panel(mixture, sigma, xlim=(-5, 5), ylim=(-5, 5), ax=None, n_arrows=
         ax.scatter(noisy[:, 0], noisy[:, 1], s=22, facecolors="white", edgecolors="tab:red", zorder=4)
         ax.scatter(denoised[:, 0], denoised[:, 1], s=14, color="tab:red", zorder=5)
     ax.set(xlim=xlim, ylim=ylim, xlabel=r"$x_1$", ylabel=r"$x_2$")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3 (score matching): where a learned score is wrong.
+
+
+def score_error_panel(score_fn, true_score_fn, log_prob_fn=None, xlim=(-5, 5), ylim=(-5, 5), ax=None, n=120,
+                      n_arrows=17, vmax=None, cmap="Reds", arrow_color="k", dtype=None):
+    """Compare a learned 2-D score with the exact one: the error ‖s_θ(x) − s_p(x)‖ as a colour map
+    on an n x n grid (clipped at `vmax`), the density of p as contour lines (if `log_prob_fn` is
+    given), and the learned field as unit arrows on an n_arrows x n_arrows grid; returns the Axes,
+    whose `images[0]` can feed a colorbar.
+
+    The grid is cast to `dtype` (default: torch's default dtype), so float32 networks and float64
+    targets both work. Used in Chapter 3 (score matching) to show that a score learned from samples
+    is accurate where the data are and wrong far from them, where the loss puts no weight.
+    """
+    ax = _axes(ax)
+    dtype = dtype or torch.get_default_dtype()
+    xx, yy, pts = grid_2d(xlim, ylim, n)
+    with torch.no_grad():
+        err = (score_fn(pts.to(dtype)) - true_score_fn(pts.to(dtype))).norm(dim=-1).reshape(n, n).to(torch.float64)
+    ax.imshow(err.numpy(), origin="lower", extent=(*xlim, *ylim), cmap=cmap, vmin=0, vmax=vmax, aspect="equal",
+              interpolation="bilinear")
+    if log_prob_fn is not None:
+        with torch.no_grad():
+            dens = log_prob_fn(pts.to(dtype)).exp().reshape(n, n).to(torch.float64)
+        ax.contour(xx.numpy(), yy.numpy(), dens.numpy(), levels=5, colors="tab:blue", linewidths=0.6)
+    score_field(lambda x: score_fn(x.to(dtype)), xlim, ylim, n=n_arrows, ax=ax, normalize=True, color=arrow_color,
+                width=0.004)
     return ax
