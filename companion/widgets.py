@@ -218,3 +218,130 @@ def tweedie_explorer(mixture=None, xlim=(-5, 5), ylim=(-5, 5), n_noisy=12):
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([sigma, points, field]), out])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3 (score matching): Hutchinson's trace estimator.
+
+HUTCHINSON_PROBES = ("gaussian", "rademacher", "sphere", "unit sphere")
+
+
+def hutchinson_demo_matrix(dim=8, seed=0):
+    """A fixed, non-symmetric dim x dim matrix A = G / sqrt(dim) + I (G with standard normal
+    entries drawn from `seed`), float64: the stand-in for a Jacobian ∇ₓs(x) in the Hutchinson
+    figures of Chapter 3 (score matching). A learned score's Jacobian need not be symmetric, and
+    only the symmetric part of A enters the quadratic forms vᵀAv.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(dim, dim, generator=g, dtype=torch.float64) / dim**0.5 + torch.eye(dim, dtype=torch.float64)
+
+
+def _hutchinson_variance(matrix, probe):
+    """Variance of one probe's vᵀAv (Chapter 3): 2‖A_s‖²_F (Gaussian), 2(‖A_s‖²_F − Σ A_ii²)
+    (Rademacher), 2D/(D+2) (‖A_s‖²_F − (tr A)²/D) (uniform on the sphere of radius √D), and the
+    last divided by D² for unit-norm probes."""
+    d = matrix.shape[0]
+    sym = 0.5 * (matrix + matrix.T)
+    fro2, diag2, tr = float(sym.square().sum()), float(matrix.diagonal().square().sum()), float(matrix.trace())
+    if probe == "gaussian":
+        return 2 * fro2
+    if probe == "rademacher":
+        return 2 * (fro2 - diag2)
+    sphere = 2 * d / (d + 2) * (fro2 - tr**2 / d)
+    return sphere if probe == "sphere" else sphere / d**2
+
+
+def hutchinson_estimates(matrix, probe="gaussian", n_probes=1, n_repeats=4000, seed=0):
+    """`n_repeats` independent Hutchinson estimates of tr(matrix), each the mean of `n_probes`
+    quadratic forms vᵀAv, computed by `companion.losses.hutchinson_trace` on the linear field
+    s(x) = A x, whose Jacobian is A everywhere. probe is 'gaussian', 'rademacher', 'sphere'
+    (uniform on the sphere of radius √D, so that E[v vᵀ] = I) or 'unit sphere' (radius 1: the
+    estimates then average tr(A) / D, the bias of unit-norm probes). Returns a [n_repeats] tensor
+    (Chapter 3, score matching).
+    """
+    import torch
+
+    from .losses import hutchinson_trace
+
+    if probe not in HUTCHINSON_PROBES:
+        raise ValueError(f"probe must be one of {HUTCHINSON_PROBES}; got {probe!r}")
+    matrix = torch.as_tensor(matrix, dtype=torch.float64)
+    d = matrix.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n_repeats, d, dtype=torch.float64)
+    kind = "sphere" if probe == "unit sphere" else probe
+    est = hutchinson_trace(lambda y: y @ matrix.T, x, n_probes=n_probes, probe=kind, generator=gen).detach()
+    return est / d if probe == "unit sphere" else est
+
+
+def draw_hutchinson_estimates(matrix=None, probe="gaussian", n_probes=1, n_repeats=4000, seed=0, xlim=None, ax=None):
+    """Histogram of `hutchinson_estimates(matrix, probe, n_probes, n_repeats, seed)` with the true
+    trace (solid line) and the mean of the estimates (dashed); the title reports the probe, the
+    number of probes, and the empirical standard deviation against the theoretical one,
+    sqrt(Var(vᵀAv) / n_probes). `matrix` defaults to `hutchinson_demo_matrix()`. Used for the
+    static figure and the interactive control of Chapter 3 (score matching); returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    ax = ax if ax is not None else plt.subplots(figsize=(6, 3))[1]
+    matrix = hutchinson_demo_matrix() if matrix is None else torch.as_tensor(matrix, dtype=torch.float64)
+    est = hutchinson_estimates(matrix, probe, n_probes, n_repeats, seed).numpy()
+    tr = float(matrix.trace())
+    theory = (_hutchinson_variance(matrix, probe) / n_probes) ** 0.5
+    if xlim is None:
+        half = 4 * max(theory, est.std(), 1e-3)
+        xlim = (min(tr, est.mean()) - half, max(tr, est.mean()) + half)
+    counts, edges = np.histogram(est, bins=60, range=xlim)
+    ax.stairs(counts / (len(est) * np.diff(edges)), edges, fill=True, alpha=0.5, color="C0")
+    ax.axvline(tr, color="k", lw=1.2, label=f"tr A = {tr:.2f}")
+    ax.axvline(float(est.mean()), color="tab:red", lw=1.2, ls="--", label=f"mean = {est.mean():.2f}")
+    ax.set(xlim=xlim, xlabel="estimate of tr A", ylabel="density")
+    ax.set_title(f"{probe}, {n_probes} probe{'s' if n_probes > 1 else ''}: std {est.std():.2f} (theory {theory:.2f})",
+                 fontsize=9)
+    return ax
+
+
+def hutchinson_explorer(matrix=None, n_repeats=4000, seed=0):
+    """Controls for Hutchinson's trace estimator (Chapter 3, score matching): the kind of probe
+    (Gaussian, Rademacher, uniform on the sphere of radius √D, or unit-norm, which is biased)
+    and the number of probes averaged per estimate. Every change redraws the histogram of
+    `n_repeats` estimates of tr A with `draw_hutchinson_estimates`, on a fixed axis so that
+    settings compare. `matrix` defaults to `hutchinson_demo_matrix()`.
+
+    The plot is sent to an Image widget as PNG bytes rather than displayed into an Output widget,
+    so that nothing leaks into the notebook cell's own outputs when the chapter is replayed
+    without a widget front end (nbval). Needs ipywidgets and a running kernel; returns the widget.
+    """
+    import io
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    import torch
+
+    matrix = hutchinson_demo_matrix() if matrix is None else torch.as_tensor(matrix, dtype=torch.float64)
+    tr = float(matrix.trace())
+    half = 4 * _hutchinson_variance(matrix, "gaussian") ** 0.5
+    xlim = (min(tr / matrix.shape[0], tr) - half, tr + half)
+    probe = widgets.Dropdown(options=list(HUTCHINSON_PROBES), value="gaussian", description="probe")
+    n_probes = widgets.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64], value=1, description="probes",
+                                       continuous_update=False)
+    image = widgets.Image(format="png")
+
+    def redraw(_=None):
+        fig, ax = plt.subplots(figsize=(7, 3))
+        draw_hutchinson_estimates(matrix, probe.value, n_probes.value, n_repeats, seed, xlim=xlim, ax=ax)
+        ax.legend(fontsize=8, loc="upper left")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        image.value = buffer.getvalue()
+
+    for control in (probe, n_probes):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([probe, n_probes]), image])
