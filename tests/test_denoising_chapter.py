@@ -64,7 +64,7 @@ def test_conditional_score_isotropic_and_anisotropic():
                                -(xt - x) / stds**2, rtol=0, atol=1e-10)
 
 
-# --- lemma: marginal score = posterior average of conditional scores (E10) ------------------------------------------
+# --- lemma: marginal score = posterior average of conditional scores ------------------------------------------
 
 
 def test_marginal_score_is_the_posterior_average_of_conditional_scores():
@@ -90,7 +90,7 @@ def test_marginal_score_is_the_posterior_average_of_conditional_scores():
     assert (conditional - p.perturb(sigma).score(xt[None])[0]).norm() > 1.0
 
 
-# --- Vincent's constant on a non-Gaussian target (E63) --------------------------------------------------------------
+# --- Vincent's constant on a non-Gaussian target --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("sigma", [0.3, 1.0])
@@ -182,7 +182,7 @@ def test_second_order_tweedie_on_a_mixture():
         assert torch.linalg.eigvalsh(eye + sigma**2 * hessian).min() > 0
 
 
-# --- noise prediction (E29) -------------------------------------------------------------------------------------
+# --- noise prediction -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("alpha_bar", [0.1, 0.5, 0.9])
@@ -234,7 +234,7 @@ def test_eps_prediction_in_the_ve_notation_gives_lambda_sigma_squared():
     torch.testing.assert_close(noise_loss, sigma**2 * 2 * dsm, rtol=1e-12, atol=1e-12)
 
 
-# --- the weighting λ(σ) = σ² (E09, E30, E84) ----------------------------------------------------------------------
+# --- the weighting λ(σ) = σ² ----------------------------------------------------------------------
 
 
 def test_sigma_squared_weighting_makes_every_level_scale_free():
@@ -273,7 +273,7 @@ def test_sigma_to_zero_on_a_mixture():
             assert abs(two_c * s**2 - d) < 0.01 * d
 
 
-# --- Fisher divergence is not KL; KL is integrated Fisher divergence (E28) -----------------------------------------
+# --- Fisher divergence is not KL; KL is integrated Fisher divergence -----------------------------------------
 
 
 def gaussian_kl(m_p, cov_p, m_q, cov_q):
@@ -320,7 +320,7 @@ def test_kl_derivative_along_gaussian_smoothing_is_minus_the_fisher_divergence()
     assert abs(integral - kl(0.0)) < 1e-6 * kl(0.0)
 
 
-# --- slicing the DSM residual (Exercise 3, E33) -------------------------------------------------------------------
+# --- slicing the DSM residual (Exercise 3) -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("d", [2, 5])
