@@ -20,12 +20,7 @@ from companion.nets import ScoreMLP
 from companion.scores import autograd_score
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def two_component_mixture():

@@ -9,12 +9,7 @@ import torch
 from companion.distributions import Gaussian, GaussianMixture
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def random_spd(d, generator, jitter=0.3):

@@ -18,12 +18,7 @@ from companion.losses import esm_loss, hutchinson_trace, ism_loss, ssm_loss
 matplotlib.use("Agg")
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def trapezoid(values, t):
