@@ -51,3 +51,50 @@ class NoiseConditionalMLP(nn.Module):
         angles = sigma.log() * self.freqs
         h = torch.cat([x, angles.sin(), angles.cos()], dim=-1)
         return self.net(h) / sigma
+
+
+class EMA:
+    """Exponential moving average of a model's weights, θ̄ ← d·θ̄ + (1 − d)·θ after every step
+    (Song & Ermon 2020, technique 5). Sampling with θ̄ instead of θ removes much of the
+    step-to-step noise of the training iterates (Chapter 6)."""
+
+    def __init__(self, model, decay=0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1); got {decay}")
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model):
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v, 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model):
+        """Load the averaged weights into `model`."""
+        model.load_state_dict(self.shadow)
+
+    def state_dict(self):
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state):
+        self.decay = float(state["decay"])
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+class LevelConditioned(nn.Module):
+    """Adapts a network conditioned on the index of a noise level, net(x, level), to the book's
+    score signature s(x, σ): σ (a [batch] tensor) is mapped to the nearest of `sigmas` in log
+    scale. Pass only σ's that are levels of the schedule; others are not interpolated."""
+
+    def __init__(self, net, sigmas):
+        super().__init__()
+        self.net = net
+        self.register_buffer("log_sigmas", torch.as_tensor(sigmas, dtype=torch.float32).log())
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+        level = (sigma.log().float()[:, None] - self.log_sigmas).abs().argmin(dim=1)
+        return self.net(x, level)

@@ -37,3 +37,86 @@ def fit(loss_fn, model, data, *, n_steps, batch_size=256, lr=1e-3, generator=Non
         if callback is not None:
             callback({"i": i, "loss": loss.detach(), "model": model})
     return losses
+
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file beside `path`, then rename: a kill never leaves a torn file."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device=None):
+    """Load a checkpoint saved by `train`, with weights_only=True (no code is unpickled)."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3, ema_decay=0.999, grad_clip=None,
+          checkpoint_every=500, seed=0, transform=None, config=None, progress=False, callback=None):
+    """The training loop for any score-matching loss: Adam, EMA of the weights, optional gradient
+    clipping, atomic checkpoints, and resumption (Chapter 7).
+
+    Args:
+        loss_fn: callable (model, batch, generator) -> scalar tensor.
+        model: the network, already on its device; `data` is moved there once.
+        data: [N, ...] training examples; each step draws `batch_size` of them with replacement.
+        out_dir: where `checkpoint.pt` is written every `checkpoint_every` steps and at the end.
+            If it already holds one, training resumes from it: weights, EMA, optimiser, step and
+            random state, so that an interrupted run continues exactly as an uninterrupted one
+            would and loses at most the steps since the last checkpoint.
+        transform: callable (batch, generator) -> batch applied to every draw (e.g. dequantisation).
+        config: a dict of plain values stored in the checkpoint (the recipe that made it).
+    Returns:
+        (ema, losses): the EMA helper (its weights are the ones to sample with) and the losses of
+        the steps run in this call, a tensor on the model's device.
+    """
+    from pathlib import Path
+
+    from .nets import EMA
+
+    _checks.non_negative_int(n_steps, "n_steps")
+    _checks.positive_number(lr, "lr")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
+    device = next(model.parameters()).device
+    data = data.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    ema = EMA(model, ema_decay)
+    start = 0
+    path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if path is not None and path.is_file():
+        state = load_checkpoint(path, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        generator.set_state(state["generator"].cpu())
+        start = int(state["step"])
+
+    def checkpoint(step):
+        save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                         "generator": generator.get_state(), "step": step, "config": config or {}}, path)
+
+    losses = torch.empty(max(n_steps - start, 0), device=device)
+    model.train()
+    for step in trange(start, n_steps, initial=start, total=n_steps, disable=not progress, desc="training"):
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=device)
+        batch = data[idx] if transform is None else transform(data[idx], generator)
+        loss = loss_fn(model, batch, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        ema.update(model)
+        losses[step - start] = loss.detach()
+        if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == n_steps):
+            checkpoint(step + 1)
+        if callback is not None:
+            callback({"step": step + 1, "loss": loss.detach(), "model": model, "ema": ema})
+    return ema, losses

@@ -88,3 +88,19 @@ def test_cond_instance_norm_plus_keeps_channel_means():
 def test_odd_image_size_is_rejected():
     with pytest.raises(ValueError, match="image_size"):
         CondRefineNetDilated(image_size=27)
+
+
+def test_level_conditioned_adapter_maps_sigma_to_its_level():
+    from companion.nets import LevelConditioned
+
+    seen = []
+
+    def net(x, level):
+        seen.append(level)
+        return x
+
+    sigmas = torch.tensor([1.0, 0.3, 0.1, 0.03, 0.01])
+    score = LevelConditioned(net, sigmas)
+    score(torch.zeros(5, 1), sigmas.flip(0))
+    score(torch.zeros(2, 1), 0.1)
+    assert seen[0].tolist() == [4, 3, 2, 1, 0] and seen[1].tolist() == [2, 2]

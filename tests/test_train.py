@@ -1,0 +1,83 @@
+"""The training loop: checkpoints, exact resumption after a kill, EMA."""
+
+import pickle
+
+import pytest
+import torch
+
+from companion.losses import dsm_loss
+from companion.nets import EMA, ScoreMLP
+from companion.train import load_checkpoint, save_checkpoint, train
+
+DATA = torch.randn(512, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 0.5])
+
+
+def loss_fn(model, batch, generator):
+    return dsm_loss(model, batch, 0.3, generator=generator)
+
+
+def fresh_model():
+    torch.manual_seed(1)
+    return ScoreMLP(2, hidden=16, depth=1)
+
+
+class Killed(Exception):
+    pass
+
+
+class Arbitrary:
+    pass
+
+
+def test_resuming_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
+    whole = fresh_model()
+    ema_whole, _ = train(loss_fn, whole, DATA, n_steps=10, out_dir=tmp_path / "a", checkpoint_every=3, lr=1e-2)
+
+    def kill_at_8(info):
+        if info["step"] == 8:
+            raise Killed
+
+    interrupted = fresh_model()
+    with pytest.raises(Killed):
+        train(loss_fn, interrupted, DATA, n_steps=10, out_dir=tmp_path / "b", checkpoint_every=3, lr=1e-2, callback=kill_at_8)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 6  # steps 7 and 8 are lost, no more
+    resumed = fresh_model()  # a new process: nothing but the checkpoint survives
+    ema_resumed, losses = train(loss_fn, resumed, DATA, n_steps=10, out_dir=tmp_path / "b", checkpoint_every=3, lr=1e-2)
+    assert losses.shape == (4,)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for k in ema_whole.shadow:
+        torch.testing.assert_close(ema_whole.shadow[k], ema_resumed.shadow[k], rtol=0, atol=0)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 10
+
+
+def test_checkpoints_are_written_atomically_and_load_weights_only(tmp_path):
+    path = tmp_path / "c" / "checkpoint.pt"
+    save_checkpoint({"step": 3, "w": torch.ones(2)}, path)
+    assert path.is_file() and not path.with_name("checkpoint.pt.tmp").exists()
+    torch.testing.assert_close(load_checkpoint(path)["w"], torch.ones(2))
+    torch.save({"x": Arbitrary()}, tmp_path / "arbitrary.pt")
+    with pytest.raises(pickle.UnpicklingError):  # weights_only refuses to unpickle arbitrary objects
+        load_checkpoint(tmp_path / "arbitrary.pt")
+
+
+def test_ema_is_the_exponential_average():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.9)
+    for value in (1.0, 1.0, 1.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+    assert ema.shadow["weight"].item() == pytest.approx(1 - 0.9**3)
+    ema.copy_to(model)
+    assert model.weight.item() == pytest.approx(1 - 0.9**3)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, decay=1.0)
+
+
+def test_training_reduces_the_loss_and_clips_gradients(tmp_path):
+    model = fresh_model()
+    _, losses = train(loss_fn, model, DATA, n_steps=300, lr=1e-2, grad_clip=1.0, batch_size=128)
+    assert losses[-50:].mean() < losses[:50].mean()
