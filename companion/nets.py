@@ -87,14 +87,20 @@ class EMA:
 class LevelConditioned(nn.Module):
     """Adapts a network conditioned on the index of a noise level, net(x, level), to the book's
     score signature s(x, σ): σ (a [batch] tensor) is mapped to the nearest of `sigmas` in log
-    scale. Pass only σ's that are levels of the schedule; others are not interpolated."""
+    scale. Pass only σ's that are levels of the schedule; others are not interpolated.
 
-    def __init__(self, net, sigmas):
+    With divide_by_sigma=True the output is net(x, level)/σ, NCSNv2's technique 3 (Song & Ermon
+    2020): the score of p_σ has size about √D/σ, so the network itself only has to produce
+    outputs of unit size at every level."""
+
+    def __init__(self, net, sigmas, divide_by_sigma=False):
         super().__init__()
         self.net = net
+        self.divide_by_sigma = divide_by_sigma
         self.register_buffer("log_sigmas", torch.as_tensor(sigmas, dtype=torch.float32).log())
 
     def forward(self, x, sigma):
-        sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         level = (sigma.log().float()[:, None] - self.log_sigmas).abs().argmin(dim=1)
-        return self.net(x, level)
+        out = self.net(x, level)
+        return out / sigma.view(-1, *([1] * (x.ndim - 1))) if self.divide_by_sigma else out

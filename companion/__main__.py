@@ -1,0 +1,130 @@
+"""Command line: training recipes.
+
+    python -m companion train ncsn --data mnist --data-path PATH --holdout 1000 --ngf 32 --steps N --out DIR
+
+Training resumes from DIR/checkpoint.pt when it exists, provided the recipe is the same.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from . import datasets, schedules
+from .losses import ncsn_loss
+from .nets import LevelConditioned
+from .refinenet import CondRefineNetDilated
+from .train import load_checkpoint, train
+
+
+def load_images(args):
+    """uint8 images [N, H, W] and the number of grey levels, without the held-out tail."""
+    if args.data == "mnist":
+        images, _ = datasets.load_mnist(args.data_path)
+        levels = 256
+    else:
+        images, _ = datasets.sklearn_digits()
+        levels = 17
+    if args.holdout:
+        if args.holdout >= len(images):
+            raise ValueError(f"--holdout {args.holdout} leaves no training images out of {len(images)}")
+        images = images[: -args.holdout]
+    return images, levels
+
+
+def ncsn_recipe(args, images, levels):
+    """The noise levels of the recipe: NCSNv2's rules unless given explicitly."""
+    x = images[:, None].to(torch.float64) / (levels - 1)
+    sigma_max = args.sigma_max or schedules.max_pairwise_distance(x, generator=torch.Generator().manual_seed(args.seed))
+    n_levels = args.n_levels or schedules.ncsnv2_num_scales(sigma_max, args.sigma_min, x[0].numel())
+    return schedules.geometric(sigma_max, args.sigma_min, n_levels)
+
+
+def train_ncsn(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    images, levels = load_images(args)
+    sigmas = ncsn_recipe(args, images, levels)
+    config = {
+        "model": "CondRefineNetDilated", "data": args.data, "holdout": args.holdout, "train_images": len(images),
+        "ngf": args.ngf, "image_size": images.shape[-1], "sigmas": [round(s, 10) for s in sigmas.tolist()],
+        "divide_by_sigma": not args.no_divide_by_sigma, "batch_size": args.batch_size, "lr": args.lr,
+        "ema_decay": args.ema_decay, "seed": args.seed, "grey_levels": levels,
+    }
+    checkpoint = os.path.join(args.out, "checkpoint.pt")
+    if os.path.isfile(checkpoint):
+        saved = load_checkpoint(checkpoint)["config"]
+        if saved != config:
+            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise ValueError(f"{checkpoint} was trained with another recipe (differs in {changed}); "
+                             f"use a new --out or the same options")
+    torch.manual_seed(args.seed)
+    net = CondRefineNetDilated(channels=1, ngf=args.ngf, n_levels=len(sigmas), image_size=images.shape[-1])
+    model = LevelConditioned(net, sigmas, divide_by_sigma=config["divide_by_sigma"]).to(device)
+    sigmas_dev = sigmas.to(device=device, dtype=torch.float32)
+    print(f"{len(images)} training images, {len(sigmas)} levels from {sigmas[0]:.3g} to {sigmas[-1]:.3g}, "
+          f"{sum(p.numel() for p in net.parameters()):,} parameters, device {device}", flush=True)
+
+    started, last = time.perf_counter(), [0, time.perf_counter()]
+
+    def report(info):
+        step = info["step"]
+        if step % args.log_every == 0:
+            now = time.perf_counter()
+            per_step = (now - last[1]) / max(step - last[0], 1)
+            print(f"step {step}: loss {info['loss'].item():.4f}, {per_step:.2f} s/step", flush=True)
+            last[:] = [step, now]
+
+    train(
+        lambda m, batch, g: ncsn_loss(m, batch, sigmas_dev, generator=g),
+        model, images, n_steps=args.steps, out_dir=args.out, batch_size=args.batch_size, lr=args.lr,
+        ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        transform=lambda batch, g: datasets.dequantize(batch, levels, generator=g), config=config,
+        progress=args.progress, callback=report,
+    )
+    with open(os.path.join(args.out, "recipe.json"), "w") as f:
+        json.dump({"command": " ".join(["python -m companion"] + args.argv), **config}, f, indent=1)
+    print(f"done: {args.steps} steps in {args.out} ({(time.perf_counter() - started) / 60:.1f} min this run)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m companion", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    tr = commands.add_parser("train", help="train a model")
+    tr.add_argument("model", choices=["ncsn"])
+    tr.add_argument("--data", choices=["mnist", "digits"], default="mnist")
+    tr.add_argument("--data-path", help="MNIST: an .npz with images and labels, or a folder of IDX files")
+    tr.add_argument("--holdout", type=int, default=0, help="leave out the last N images (held-out split)")
+    tr.add_argument("--ngf", type=int, default=32)
+    tr.add_argument("--sigma-max", type=float, default=None, help="default: the largest pairwise distance")
+    tr.add_argument("--sigma-min", type=float, default=0.01)
+    tr.add_argument("--n-levels", type=int, default=None, help="default: NCSNv2's gamma rule")
+    tr.add_argument("--no-divide-by-sigma", action="store_true", help="NCSN v1 output (no 1/sigma)")
+    tr.add_argument("--steps", type=int, required=True)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--ema-decay", type=float, default=0.999)
+    tr.add_argument("--checkpoint-every", type=int, default=250)
+    tr.add_argument("--log-every", type=int, default=50)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--device", default=None)
+    tr.add_argument("--progress", action="store_true")
+    tr.add_argument("--out", required=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.data == "mnist" and not args.data_path:
+        parser.error("--data mnist needs --data-path (an .npz or a folder of IDX files)")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        parser.error("--lr must be positive")
+    train_ncsn(args)
+
+
+if __name__ == "__main__":
+    main()
