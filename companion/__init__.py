@@ -1,7 +1,17 @@
 """companion: the reference implementation of *Score-Based Generative Models*.
 
-Modules: `distributions` (exact targets), `samplers` (Langevin, MALA, inverse CDF),
-`scores` (scores by autograd), `plotting` (figures used by the chapters).
+Modules (each docstring cites its chapter):
+    distributions  exact targets: Gaussian and Gaussian mixtures, their scores and perturbations
+    datasets       toy 2-D sets; MNIST from IDX files or .npz; the bundled 8x8 digits; dequantisation
+    losses         explicit, implicit, sliced, denoising and multi-scale (NCSN) score matching
+    samplers       Langevin (ULA), MALA, annealed Langevin dynamics, inverse-CDF sampling
+    schedules      noise schedules and NCSNv2's rules for choosing them
+    scores         scores of unnormalised densities by automatic differentiation
+    nets           score MLPs for toy data, EMA, the noise-level adapter
+    refinenet      the NCSN image network (CondRefineNetDilated)
+    train          training loops with checkpoints and resumption
+    plotting, widgets   figures and interactive controls used by the chapters
+Command line: python -m companion train ncsn --help
 """
 
 __version__ = "0.1.0"
