@@ -51,6 +51,14 @@ def test_parameter_count_matches_the_layout(ngf, levels, channels):
     assert sum(p.numel() for p in net.parameters()) == layout_parameter_count(ngf, levels, channels)
 
 
+def test_mnist_configuration_matches_the_reference_implementation():
+    """7,638,657 parameters: the count of the reference implementation of Song & Ermon (2019)
+    (ermongroup/ncsn, CondRefineNetDilated with ngf = 64, 10 levels, 1 channel), obtained by
+    building that network."""
+    net = CondRefineNetDilated(channels=1, ngf=64, n_levels=10)
+    assert sum(p.numel() for p in net.parameters()) == 7_638_657
+
+
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3)])
 def test_output_has_the_shape_of_the_input(size, channels):
     torch.manual_seed(0)
