@@ -29,3 +29,14 @@ def test_train_resume_and_recipe_check(tmp_path, capsys):
 def test_mnist_needs_a_path():
     with pytest.raises(SystemExit):
         main(["train", "ncsn", "--steps", "1", "--out", "x"])
+
+
+def test_sample_from_a_checkpoint(tmp_path):
+    import torch
+
+    out = str(tmp_path / "run")
+    main(ARGS + ["--steps", "2", "--out", out])
+    png = tmp_path / "s.png"
+    main(["sample", str(tmp_path / "run" / "checkpoint.pt"), "--n", "4", "--n-steps-each", "2", "--out", str(png)])
+    x = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert png.is_file() and x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
