@@ -221,3 +221,34 @@ def score_error_panel(score_fn, true_score_fn, log_prob_fn=None, xlim=(-5, 5), y
     score_field(lambda x: score_fn(x.to(dtype)), xlim, ylim, n=n_arrows, ax=ax, normalize=True, color=arrow_color,
                 width=0.004)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 6 (annealed Langevin dynamics in practice): grids of small images.
+
+
+def image_grid(images, ncol=8, ax=None, title=None, vmin=0.0, vmax=1.0, cmap="gray_r"):
+    """Tile a batch of one-channel images ([N, 1, H, W] or [N, H, W]) into one picture, ncol per
+    row with a one-pixel gap, and show it on `ax` without ticks; values are clipped to
+    [vmin, vmax] (dark ink on white with the default cmap). Returns the Axes."""
+    imgs = torch.as_tensor(images).detach().to(torch.float64).cpu()
+    if imgs.ndim == 4:
+        if imgs.shape[1] != 1:
+            raise ValueError(f"image_grid draws one-channel images; got {imgs.shape[1]} channels")
+        imgs = imgs[:, 0]
+    if imgs.ndim != 3:
+        raise ValueError(f"images must have shape [N, 1, H, W] or [N, H, W]; got {tuple(imgs.shape)}")
+    n, h, w = imgs.shape
+    nrow = -(-n // ncol)
+    canvas = torch.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1), float("nan"), dtype=torch.float64)
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = imgs[k].clamp(vmin, vmax)
+    ax = ax if ax is not None else plt.subplots(figsize=(0.45 * ncol, 0.45 * nrow))[1]
+    cm = plt.get_cmap(cmap).copy()
+    cm.set_bad("white")
+    ax.imshow(canvas.numpy(), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set(xticks=[], yticks=[])
+    if title is not None:
+        ax.set_title(title)
+    return ax

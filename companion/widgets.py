@@ -345,3 +345,158 @@ def hutchinson_explorer(matrix=None, n_repeats=4000, seed=0):
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([probe, n_probes]), image])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 6 (annealed Langevin dynamics in practice).
+
+
+def ald_example_mixture(dtype=None):
+    """The two-mode mixture of Chapter 6: 0.8 N((5, 5), I) + 0.2 N((-5, -5), I), the example of
+    Song & Ermon (2019) on which plain Langevin dynamics loses the weights."""
+    import torch
+
+    from .distributions import GaussianMixture
+
+    dtype = dtype or torch.get_default_dtype()
+    return GaussianMixture.isotropic(torch.tensor([0.8, 0.2], dtype=dtype),
+                                     torch.tensor([[5.0, 5.0], [-5.0, -5.0]], dtype=dtype), 1.0)
+
+
+def exact_perturbed_score(mixture):
+    """s(x, σ) = ∇ log p_σ(x) of a GaussianMixture, in the signature of the samplers (σ a [batch]
+    tensor whose entries are all equal, as annealed_langevin passes it)."""
+
+    def score(x, sigma):
+        return mixture.perturb(float(sigma.reshape(-1)[0])).score(x)
+
+    return score
+
+
+def ald_samples(step_lr, n_steps_each, n=1000, seed=0, mixture=None, sigmas=None):
+    """Annealed Langevin samples of `mixture` (default `ald_example_mixture()`) with its exact
+    perturbed scores, started uniformly on [-8, 8]², on `sigmas` (default: 10 geometric levels
+    from 20 to 0.1). Returns (samples, weight of the upper mode measured as the fraction with
+    x₁ + x₂ > 0); samples is None (and the weight NaN) when the chains diverge, i.e. return
+    NaN or points farther than 100 from the origin."""
+    import torch
+
+    from . import schedules
+    from .samplers import annealed_langevin
+
+    mixture = ald_example_mixture(torch.float64) if mixture is None else mixture
+    sigmas = schedules.geometric(20.0, 0.1, 10) if sigmas is None else sigmas
+    g = torch.Generator().manual_seed(seed)
+    x0 = 16 * torch.rand(n, mixture.dim, generator=g, dtype=mixture.means.dtype) - 8
+    try:
+        x = annealed_langevin(exact_perturbed_score(mixture), x0, sigmas, step_lr=step_lr, n_steps_each=n_steps_each,
+                              generator=g)
+    except ValueError:  # NaN or infinity
+        return None, float("nan")
+    if x.abs().max() > 100:  # finite but thrown far outside the data: the chains diverged
+        return None, float("nan")
+    return x, (x.sum(-1) > 0).double().mean().item()
+
+
+def draw_ald_samples(step_lr, n_steps_each, n=1000, seed=0, ax=None, lim=9.0):
+    """Scatter the samples of `ald_samples(step_lr, n_steps_each)` on the two-mode mixture, with the
+    measured weight of the upper mode (0.8 is right) in the title. Returns the Axes."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import samples_2d
+
+    ax = ax if ax is not None else plt.subplots(figsize=(3.2, 3.2))[1]
+    x, weight = ald_samples(step_lr, n_steps_each, n=n, seed=seed)
+    if x is None:
+        ax.text(0.5, 0.5, "the chains diverge", ha="center", va="center", transform=ax.transAxes)
+        title = "diverged"
+    else:
+        samples_2d(x, ax=ax, color="tab:red", s=2)
+        title = f"upper-mode weight {weight:.2f}"
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    ax.set_title(f"step_lr {step_lr:.2g}, T = {n_steps_each}\n{title}", fontsize=9)
+    return ax
+
+
+def ald_explorer(n=1000, seed=0):
+    """Controls for Chapter 6: the step at the last level (`step_lr`, log scale) and the number of
+    Langevin steps per level of annealed Langevin dynamics on the mixture
+    0.8 N((5, 5), I) + 0.2 N((-5, -5), I) with exact perturbed scores; every change reruns the
+    sampler and redraws the samples with the measured weight of the upper mode. The plot is sent
+    to an Image widget as PNG bytes (nothing leaks into the cell's outputs without a widget front
+    end). Needs ipywidgets and a running kernel; returns the widget."""
+    import io
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    step = widgets.FloatLogSlider(value=1e-3, base=10, min=-5, max=0, step=0.25, description="step_lr",
+                                  readout_format=".1e", continuous_update=False)
+    n_steps = widgets.SelectionSlider(options=[1, 3, 10, 30, 100, 300], value=30, description="steps / level",
+                                      continuous_update=False)
+    image = widgets.Image(format="png")
+
+    def redraw(_=None):
+        fig, ax = plt.subplots(figsize=(4, 4))
+        draw_ald_samples(step.value, n_steps.value, n=n, seed=seed, ax=ax)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        image.value = buffer.getvalue()
+
+    for control in (step, n_steps):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([step, n_steps]), image])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 5 (why naive score-based sampling fails, and multi-scale noise).
+
+
+def perturbed_mixture_explorer(mixture=None, xlim=(-10, 10), ylim=(-10, 10), n_arrows=17):
+    """A log-scale slider for the noise level sigma (0.1 to 30) that redraws, with
+    `companion.plotting.mixture_panel`, the exact perturbed density p_sigma = p * N(0, sigma^2 I) of a
+    Gaussian mixture p (filled contours), the direction of its score (unit arrows) and the means;
+    the title reports the mass of p_sigma on the side of the first mean of the plane halfway between
+    the first and the last mean (estimated from 20,000 samples of p_sigma).
+
+    Used in Chapter 5 (why naive score-based sampling fails, and multi-scale noise) to watch the
+    separated modes of 0.8 N((5, 5), I) + 0.2 N((-5, -5), I) (the default `mixture`) merge into one
+    Gaussian as sigma grows, which is what lets annealed Langevin dynamics move mass between them.
+    Needs ipywidgets and a running kernel; returns the widget.
+    """
+    import math
+
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    import torch
+    from IPython.display import display
+
+    from .distributions import GaussianMixture
+    from .plotting import mixture_panel
+
+    if mixture is None:
+        mixture = GaussianMixture.isotropic([0.8, 0.2], [[5.0, 5.0], [-5.0, -5.0]], 1.0)
+    sigma = widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=math.log10(30), step=0.02, description="σ",
+                                   continuous_update=False, readout_format=".3g")
+    out = widgets.Output()
+
+    def redraw(_=None):
+        perturbed = mixture.perturb(sigma.value)
+        x = perturbed.sample(20_000, generator=torch.Generator().manual_seed(0))
+        mu = perturbed.means
+        midpoint = (mu[0] + mu[-1]) / 2  # the plane halfway between the first and the last mean
+        heavy = float(((x - midpoint) @ (mu[0] - mu[-1]) > 0).double().mean())
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4.8, 4.8))
+            mixture_panel(perturbed, xlim, ylim, ax=ax, n_arrows=n_arrows)
+            ax.set_title(f"σ = {sigma.value:.3g}: mass {heavy:.2f} on the side of the first mean")
+            display(fig)
+            plt.close(fig)
+
+    sigma.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([sigma, out])
