@@ -83,7 +83,7 @@ class GaussianMixture:
         _checks.last_dim(x, self.dim)
         diff = x[..., None, :] - self.means  # [..., K, D]
         # y = L_k^{-1} (x - mu_k), so that |y|^2 is the Mahalanobis distance under Sigma_k.
-        y = (self._chol_inv @ diff[..., None])[..., 0]
+        y = torch.einsum("kij,...kj->...ki", self._chol_inv, diff)  # no [..., K, D, D] copy
         maha = y.square().sum(-1)
         return self.weights.log() + self._log_norm - 0.5 * maha, diff
 
@@ -101,7 +101,7 @@ class GaussianMixture:
         """grad_x log p(x) in closed form, shape [..., D]."""
         logits, diff = self._component_log_probs(x)
         r = torch.softmax(logits, dim=-1)
-        component_scores = -(self._precision @ diff[..., None])[..., 0]  # [..., K, D]
+        component_scores = -torch.einsum("kij,...kj->...ki", self._precision, diff)  # [..., K, D]
         return (r[..., None] * component_scores).sum(-2)
 
     def sample(self, n, generator=None):
@@ -132,7 +132,7 @@ class GaussianMixture:
         q = self.perturb(sigma)
         r = q.responsibilities(y)
         gain = self.covs @ q._precision  # [K, D, D]
-        components = self.means + (gain @ (y[..., None, :] - self.means)[..., None])[..., 0]
+        components = self.means + torch.einsum("kij,...kj->...ki", gain, y[..., None, :] - self.means)
         return (r[..., None] * components).sum(-2)
 
     def mean(self):
