@@ -62,7 +62,8 @@ def check_decreasing(sigmas, name="sigmas"):
 
 
 def max_pairwise_distance(x, max_points=4096, generator=None):
-    """The largest Euclidean distance between two rows of x (flattened), NCSNv2's choice of σ₁.
+    """The largest Euclidean distance between two rows of x (flattened), NCSNv2's choice of σ₁,
+    as a Python float.
 
     Exact for up to `max_points` samples; above that, a random subset of that size is used, which
     can only underestimate the maximum.
