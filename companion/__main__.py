@@ -105,17 +105,6 @@ def model_from_checkpoint(path, device="cpu", weights="ema"):
     return model.eval(), sigmas, config
 
 
-def image_grid(images, ncol):
-    """Tile [N, 1, H, W] images in [0, 1] into one [rows·H, ncol·W] array (1-pixel gaps)."""
-    n, _, h, w = images.shape
-    rows = math.ceil(n / ncol)
-    grid = torch.ones((rows * (h + 1) - 1, ncol * (w + 1) - 1))
-    for k in range(n):
-        r, c = divmod(k, ncol)
-        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[k, 0]
-    return grid
-
-
 def sample_ncsn(args):
     from .samplers import annealed_langevin
 
@@ -136,9 +125,10 @@ def sample_ncsn(args):
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plotting import image_grid
 
-    plt.imsave(args.out, image_grid(x.clamp(0, 1), math.ceil(math.sqrt(args.n))).numpy(), cmap="gray", vmin=0, vmax=1)
+    ax = image_grid(x, ncol=math.ceil(math.sqrt(args.n)))  # clips to [0, 1] for display only
+    ax.figure.savefig(args.out, dpi=150, bbox_inches="tight")
     print(f"{args.n} samples ({len(sigmas)} levels × {args.n_steps_each} steps, step_lr {step_lr:.3g}) -> {args.out}")
 
 

@@ -245,8 +245,7 @@ def image_grid(images, ncol=8, ax=None, title=None, vmin=0.0, vmax=1.0, cmap="gr
         r, c = divmod(k, ncol)
         canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = imgs[k].clamp(vmin, vmax)
     ax = ax if ax is not None else plt.subplots(figsize=(0.45 * ncol, 0.45 * nrow))[1]
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("white")
+    cm = plt.get_cmap(cmap).with_extremes(bad="white")
     ax.imshow(canvas.numpy(), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set(xticks=[], yticks=[])
     if title is not None:

@@ -6,6 +6,20 @@ static figure of a few settings beside each control.
 """
 
 
+def _png(fig):
+    """Render a matplotlib figure to PNG bytes for an ipywidgets Image, and close it. (An Image
+    widget, unlike an Output widget, adds nothing to the cell's outputs when nbval replays it.)"""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------
 # Chapter 2 (score functions and energy-based models).
 
@@ -316,8 +330,6 @@ def hutchinson_explorer(matrix=None, n_repeats=4000, seed=0):
     so that nothing leaks into the notebook cell's own outputs when the chapter is replayed
     without a widget front end (nbval). Needs ipywidgets and a running kernel; returns the widget.
     """
-    import io
-
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     import torch
@@ -335,11 +347,7 @@ def hutchinson_explorer(matrix=None, n_repeats=4000, seed=0):
         fig, ax = plt.subplots(figsize=(7, 3))
         draw_hutchinson_estimates(matrix, probe.value, n_probes.value, n_repeats, seed, xlim=xlim, ax=ax)
         ax.legend(fontsize=8, loc="upper left")
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        image.value = buffer.getvalue()
+        image.value = _png(fig)
 
     for control in (probe, n_probes):
         control.observe(redraw, names="value")
@@ -425,8 +433,6 @@ def ald_explorer(n=1000, seed=0):
     sampler and redraws the samples with the measured weight of the upper mode. The plot is sent
     to an Image widget as PNG bytes (nothing leaks into the cell's outputs without a widget front
     end). Needs ipywidgets and a running kernel; returns the widget."""
-    import io
-
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
@@ -439,11 +445,7 @@ def ald_explorer(n=1000, seed=0):
     def redraw(_=None):
         fig, ax = plt.subplots(figsize=(4, 4))
         draw_ald_samples(step.value, n_steps.value, n=n, seed=seed, ax=ax)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        image.value = buffer.getvalue()
+        image.value = _png(fig)
 
     for control in (step, n_steps):
         control.observe(redraw, names="value")
