@@ -1,6 +1,6 @@
 """Samplers that need only a score (and, for MALA, an unnormalised log-density).
 
-Conventions (DESIGN.md): plain functions in the style of k-diffusion, a batch of chains is the
+Conventions: plain functions in the style of k-diffusion, a batch of chains is the
 unit of work, randomness through an explicit `torch.Generator`, no device moves and no host
 synchronisation inside the loop. A `callback` receives a dict {'i', 'x', ...} after every step.
 
