@@ -1,5 +1,5 @@
-"""The image score network of NCSN: a RefineNet with dilated convolutions, conditioned on the
-noise level through CondInstanceNorm++ (Song & Ermon 2019, Appendix B.1; Chapter 7).
+"""The image score networks of NCSN (Song & Ermon 2019, Appendix B.1) and NCSNv2 (Song & Ermon
+2020): RefineNets with dilated convolutions (Chapter 7).
 
 Layout at 28×28 (channels in brackets, ngf = base width):
 
@@ -9,16 +9,27 @@ Layout at 28×28 (channels in brackets, ngf = base width):
     res3: 2 dilated blocks (dilation 2)          [2 ngf]   14×14   ("down" blocks keep the size)
     res4: 2 dilated blocks (dilation 4)          [2 ngf]   14×14
     refine1(res4) → refine2(res3, ·) → refine3(res2, ·) [ngf] → refine4(res1, ·) [ngf]
-    CondInstanceNorm++ → ELU → conv3×3 [channels]
+    norm → ELU → conv3×3 [channels]
 
-Every normalisation layer holds one (γ, α, β) triple per noise level, so the network is called
-with the index of the level, `net(x, level)`; `LevelConditioned` adapts it to the book's score
-signature s(x, σ).
+`CondRefineNetDilated` (NCSN) conditions every normalisation layer on the noise level through
+CondInstanceNorm++, one (γ, α, β) triple per level, so it is called with the index of the level,
+`net(x, level)`; `LevelConditioned` adapts it to the book's score signature s(x, σ).
+
+`NCSNv2` is the same layout with NCSNv2's changes: the network does not see the level at all
+(unconditional InstanceNorm++ in the residual blocks and at the end, no normalisation in the
+RefineNet blocks, max pooling in chained residual pooling), and its output is divided by σ,
+s(x, σ) = net(x)/σ (technique 3). It is called as `net(x, sigma)` directly.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _standardised_means(x):
+    """The channel means of x, standardised across channels: [batch, channels]."""
+    means = x.mean(dim=(2, 3))
+    return (means - means.mean(-1, keepdim=True)) / (means.var(-1, keepdim=True) + 1e-5).sqrt()
 
 
 class CondInstanceNormPlus(nn.Module):
@@ -38,10 +49,30 @@ class CondInstanceNormPlus(nn.Module):
             self.embed.weight[:, 2 * channels :].zero_()  # β starts at 0
 
     def forward(self, x, level):
-        means = x.mean(dim=(2, 3))
-        means = (means - means.mean(-1, keepdim=True)) / (means.var(-1, keepdim=True) + 1e-5).sqrt()
         gamma, alpha, beta = self.embed(level)[..., None, None].chunk(3, dim=1)
-        return gamma * (F.instance_norm(x, eps=1e-5) + alpha * means[..., None, None]) + beta
+        return gamma * (F.instance_norm(x, eps=1e-5) + alpha * _standardised_means(x)[..., None, None]) + beta
+
+
+class InstanceNormPlus(nn.Module):
+    """InstanceNorm++ (NCSNv2): z = γ ⊙ (IN(x) + α ⊙ μ̃) + β with one (γ, α, β) for all levels.
+    `level` is accepted and ignored, so that every block calls its normalisations alike."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.empty(channels).normal_(1.0, 0.02))
+        self.alpha = nn.Parameter(torch.empty(channels).normal_(1.0, 0.02))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x, level=None):
+        gamma, alpha, beta = (p[:, None, None] for p in (self.gamma, self.alpha, self.beta))
+        return gamma * (F.instance_norm(x, eps=1e-5) + alpha * _standardised_means(x)[..., None, None]) + beta
+
+
+class NoNorm(nn.Module):
+    """The identity, standing where NCSNv2 removed a normalisation (its RefineNet blocks)."""
+
+    def forward(self, x, level=None):
+        return x
 
 
 def _conv3x3(c_in, c_out, dilation=1, bias=True):
@@ -59,17 +90,17 @@ class ConvMeanPool(nn.Module):
         return F.avg_pool2d(self.conv(x), 2)
 
 
-class CondResBlock(nn.Module):
+class ResBlock(nn.Module):
     """norm → ELU → conv → norm → ELU → conv, plus a shortcut.
 
     down=True changes the channel count in the second convolution and, without dilation, halves
     the resolution (mean pooling); with dilation > 1 the "down" block keeps the resolution and
-    widens the receptive field instead.
+    widens the receptive field instead. `norm(c)` makes a normalisation layer for c channels.
     """
 
-    def __init__(self, c_in, c_out, n_levels, *, down=False, dilation=1):
+    def __init__(self, c_in, c_out, norm, *, down=False, dilation=1):
         super().__init__()
-        self.norm1 = CondInstanceNormPlus(c_in, n_levels)
+        self.norm1 = norm(c_in)
         mid = c_in if down else c_out
         if down and dilation == 1:
             self.conv1 = _conv3x3(c_in, mid)
@@ -79,7 +110,7 @@ class CondResBlock(nn.Module):
             self.conv1 = _conv3x3(c_in, mid, dilation)
             self.conv2 = _conv3x3(mid, c_out, dilation)
             self.shortcut = _conv3x3(c_in, c_out, dilation) if (down or c_in != c_out) else None
-        self.norm2 = CondInstanceNormPlus(mid, n_levels)
+        self.norm2 = norm(mid)
         self.act = nn.ELU()
 
     def forward(self, x, level):
@@ -88,16 +119,13 @@ class CondResBlock(nn.Module):
         return h + (x if self.shortcut is None else self.shortcut(x))
 
 
-class CondRCU(nn.Module):
+class RCU(nn.Module):
     """Residual conv units: n_blocks × (n_stages × (norm → ELU → conv)) with a skip per block."""
 
-    def __init__(self, channels, n_levels, n_blocks, n_stages=2):
+    def __init__(self, channels, norm, n_blocks, n_stages=2):
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.ModuleList(
-                nn.ModuleList([CondInstanceNormPlus(channels, n_levels), _conv3x3(channels, channels, bias=False)])
-                for _ in range(n_stages)
-            )
+            nn.ModuleList(nn.ModuleList([norm(channels), _conv3x3(channels, channels, bias=False)]) for _ in range(n_stages))
             for _ in range(n_blocks)
         )
         self.act = nn.ELU()
@@ -111,12 +139,12 @@ class CondRCU(nn.Module):
         return x
 
 
-class CondMSF(nn.Module):
+class MSF(nn.Module):
     """Multi-resolution fusion: norm → conv each input, resize bilinearly to the output size, sum."""
 
-    def __init__(self, in_channels, channels, n_levels):
+    def __init__(self, in_channels, channels, norm):
         super().__init__()
-        self.norms = nn.ModuleList(CondInstanceNormPlus(c, n_levels) for c in in_channels)
+        self.norms = nn.ModuleList(norm(c) for c in in_channels)
         self.convs = nn.ModuleList(_conv3x3(c, channels) for c in in_channels)
 
     def forward(self, xs, level, size):
@@ -126,13 +154,16 @@ class CondMSF(nn.Module):
         return out
 
 
-class CondCRP(nn.Module):
-    """Chained residual pooling with average pooling (5×5, stride 1): a chain of
-    norm → pool → conv whose every stage is added to the input."""
+class CRP(nn.Module):
+    """Chained residual pooling (5×5 windows, stride 1): a chain of norm → pool → conv whose every
+    stage is added to the input. NCSN pools by averaging, NCSNv2 by the maximum."""
 
-    def __init__(self, channels, n_levels, n_stages=2):
+    def __init__(self, channels, norm, pool, n_stages=2):
         super().__init__()
-        self.norms = nn.ModuleList(CondInstanceNormPlus(channels, n_levels) for _ in range(n_stages))
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max'; got {pool!r}")
+        self.pool = F.avg_pool2d if pool == "avg" else F.max_pool2d
+        self.norms = nn.ModuleList(norm(channels) for _ in range(n_stages))
         self.convs = nn.ModuleList(_conv3x3(channels, channels, bias=False) for _ in range(n_stages))
         self.act = nn.ELU()
 
@@ -140,20 +171,20 @@ class CondCRP(nn.Module):
         x = self.act(x)
         path = x
         for norm, conv in zip(self.norms, self.convs):
-            path = conv(F.avg_pool2d(norm(path, level), 5, stride=1, padding=2))
+            path = conv(self.pool(norm(path, level), 5, stride=1, padding=2))
             x = x + path
         return x
 
 
-class CondRefineBlock(nn.Module):
+class RefineBlock(nn.Module):
     """RefineNet block: RCU on each input → multi-resolution fusion → CRP → output RCU."""
 
-    def __init__(self, in_channels, channels, n_levels, *, end=False):
+    def __init__(self, in_channels, channels, norm, pool, *, end=False):
         super().__init__()
-        self.adapt = nn.ModuleList(CondRCU(c, n_levels, n_blocks=2) for c in in_channels)
-        self.msf = CondMSF(in_channels, channels, n_levels) if len(in_channels) > 1 else None
-        self.crp = CondCRP(channels, n_levels)
-        self.out = CondRCU(channels, n_levels, n_blocks=3 if end else 1)
+        self.adapt = nn.ModuleList(RCU(c, norm, n_blocks=2) for c in in_channels)
+        self.msf = MSF(in_channels, channels, norm) if len(in_channels) > 1 else None
+        self.crp = CRP(channels, norm, pool)
+        self.out = RCU(channels, norm, n_blocks=3 if end else 1)
 
     def forward(self, xs, level, size):
         hs = [adapt(x, level) for adapt, x in zip(self.adapt, xs)]
@@ -161,38 +192,30 @@ class CondRefineBlock(nn.Module):
         return self.out(self.crp(h, level), level)
 
 
-class CondRefineNetDilated(nn.Module):
-    """The NCSN score network s_θ(x, l) for images of shape [channels, size, size].
+class _DilatedRefineNet(nn.Module):
+    """The layout shared by NCSN and NCSNv2: `norm(c)` makes the normalisations of the residual
+    blocks and of the output, `refine_norm(c)` those of the RefineNet blocks."""
 
-    Args:
-        channels: image channels (1 for MNIST).
-        ngf: base width; the MNIST configuration of the paper uses 64.
-        n_levels: number of noise levels L (one CondInstanceNorm++ embedding row each).
-        image_size: 28 or 32 (any even size works; the layout is the same).
-    Inputs are images in [0, 1], mapped to [−1, 1] inside; `level` is a [batch] tensor of level
-    indices in [0, n_levels).
-    """
-
-    def __init__(self, channels=1, ngf=64, n_levels=10, image_size=28):
+    def __init__(self, channels, ngf, image_size, norm, refine_norm, pool):
         super().__init__()
         if image_size % 2:
             raise ValueError(f"image_size must be even (the network halves it once); got {image_size}")
-        self.channels, self.ngf, self.n_levels, self.image_size = channels, ngf, n_levels, image_size
+        self.channels, self.ngf, self.image_size = channels, ngf, image_size
         w = 2 * ngf
         self.begin = nn.Conv2d(channels, ngf, 3, padding=1)
-        self.res1 = nn.ModuleList([CondResBlock(ngf, ngf, n_levels), CondResBlock(ngf, ngf, n_levels)])
-        self.res2 = nn.ModuleList([CondResBlock(ngf, w, n_levels, down=True), CondResBlock(w, w, n_levels)])
-        self.res3 = nn.ModuleList([CondResBlock(w, w, n_levels, down=True, dilation=2), CondResBlock(w, w, n_levels, dilation=2)])
-        self.res4 = nn.ModuleList([CondResBlock(w, w, n_levels, down=True, dilation=4), CondResBlock(w, w, n_levels, dilation=4)])
-        self.refine1 = CondRefineBlock([w], w, n_levels)
-        self.refine2 = CondRefineBlock([w, w], w, n_levels)
-        self.refine3 = CondRefineBlock([w, w], ngf, n_levels)
-        self.refine4 = CondRefineBlock([ngf, ngf], ngf, n_levels, end=True)
-        self.norm = CondInstanceNormPlus(ngf, n_levels)
+        self.res1 = nn.ModuleList([ResBlock(ngf, ngf, norm), ResBlock(ngf, ngf, norm)])
+        self.res2 = nn.ModuleList([ResBlock(ngf, w, norm, down=True), ResBlock(w, w, norm)])
+        self.res3 = nn.ModuleList([ResBlock(w, w, norm, down=True, dilation=2), ResBlock(w, w, norm, dilation=2)])
+        self.res4 = nn.ModuleList([ResBlock(w, w, norm, down=True, dilation=4), ResBlock(w, w, norm, dilation=4)])
+        self.refine1 = RefineBlock([w], w, refine_norm, pool)
+        self.refine2 = RefineBlock([w, w], w, refine_norm, pool)
+        self.refine3 = RefineBlock([w, w], ngf, refine_norm, pool)
+        self.refine4 = RefineBlock([ngf, ngf], ngf, refine_norm, pool, end=True)
+        self.norm = norm(ngf)
         self.end = nn.Conv2d(ngf, channels, 3, padding=1)
         self.act = nn.ELU()
 
-    def forward(self, x, level):
+    def _net(self, x, level):
         h = self.begin(2 * x - 1)
         features = []
         for stage in (self.res1, self.res2, self.res3, self.res4):
@@ -205,3 +228,43 @@ class CondRefineNetDilated(nn.Module):
         h = self.refine3([l2, h], level, l2.shape[2:])
         h = self.refine4([l1, h], level, l1.shape[2:])
         return self.end(self.act(self.norm(h, level)))
+
+
+class CondRefineNetDilated(_DilatedRefineNet):
+    """The NCSN score network s_θ(x, l) for images of shape [channels, size, size]
+    (Song & Ermon 2019, Appendix B.1).
+
+    Args:
+        channels: image channels (1 for MNIST).
+        ngf: base width; the MNIST configuration of the paper uses 64.
+        n_levels: number of noise levels L (one CondInstanceNorm++ embedding row each).
+        image_size: 28 or 32 (any even size works; the layout is the same).
+    Inputs are images in [0, 1], mapped to [−1, 1] inside; `level` is a [batch] tensor of level
+    indices in [0, n_levels).
+    """
+
+    def __init__(self, channels=1, ngf=64, n_levels=10, image_size=28):
+        def norm(c):
+            return CondInstanceNormPlus(c, n_levels)
+
+        super().__init__(channels, ngf, image_size, norm, norm, "avg")
+        self.n_levels = n_levels
+
+    def forward(self, x, level):
+        return self._net(x, level)
+
+
+class NCSNv2(_DilatedRefineNet):
+    """The NCSNv2 score network s_θ(x, σ) = net(x)/σ (Song & Ermon 2020, Section 4 and
+    Appendix B): the NCSN layout without noise conditioning inside the network. The division by
+    σ is the only way σ enters, because the score of p_σ has size about √D/σ.
+
+    Args as `CondRefineNetDilated`, without n_levels. `sigma` is a number or a [batch] tensor.
+    """
+
+    def __init__(self, channels=1, ngf=64, image_size=28):
+        super().__init__(channels, ngf, image_size, InstanceNormPlus, lambda c: NoNorm(), "max")
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return self._net(x, None) / sigma.view(-1, *([1] * (x.ndim - 1)))

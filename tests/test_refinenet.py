@@ -3,21 +3,25 @@
 import pytest
 import torch
 
-from companion.refinenet import CondInstanceNormPlus, CondRefineNetDilated
+from companion.refinenet import CondInstanceNormPlus, CondRefineNetDilated, InstanceNormPlus, NCSNv2
 
 
 def conv(c_in, c_out, k=3, bias=True):
     return c_in * c_out * k * k + (c_out if bias else 0)
 
 
-def layout_parameter_count(ngf, n_levels, channels=1):
+def layout_parameter_count(ngf, n_levels, channels=1, v2=False):
     """Parameters of the NCSN layout, counted layer by layer from the paper's description:
     every CondInstanceNorm++ holds 3 × channels × levels numbers; RCU and CRP convolutions have no
-    bias; MSF, residual and the outer convolutions do."""
+    bias; MSF, residual and the outer convolutions do. NCSNv2 (v2=True): every InstanceNorm++ of
+    the residual blocks and the output holds 3 × channels numbers, the RefineNet blocks none."""
     w, L = 2 * ngf, n_levels
 
     def norm(c):
-        return 3 * c * L
+        return 3 * c * (1 if v2 else L)
+
+    def refine_norm(c):
+        return 0 if v2 else norm(c)
 
     def res(c_in, c_out, down=False, dilated=False):
         if down and not dilated:  # conv, then conv + mean pool; 1x1 conv + mean pool shortcut
@@ -27,12 +31,12 @@ def layout_parameter_count(ngf, n_levels, channels=1):
         return norm(c_in) + conv(c_in, c_out) + norm(c_out) + conv(c_out, c_out)
 
     def rcu(c, blocks):
-        return blocks * 2 * (norm(c) + conv(c, c, bias=False))
+        return blocks * 2 * (refine_norm(c) + conv(c, c, bias=False))
 
     def refine(ins, c, end=False):
-        total = sum(rcu(i, 2) for i in ins) + 2 * (norm(c) + conv(c, c, bias=False)) + rcu(c, 3 if end else 1)
+        total = sum(rcu(i, 2) for i in ins) + 2 * (refine_norm(c) + conv(c, c, bias=False)) + rcu(c, 3 if end else 1)
         if len(ins) > 1:
-            total += sum(norm(i) + conv(i, c) for i in ins)
+            total += sum(refine_norm(i) + conv(i, c) for i in ins)
         return total
 
     return (
@@ -49,6 +53,38 @@ def layout_parameter_count(ngf, n_levels, channels=1):
 def test_parameter_count_matches_the_layout(ngf, levels, channels):
     net = CondRefineNetDilated(channels=channels, ngf=ngf, n_levels=levels)
     assert sum(p.numel() for p in net.parameters()) == layout_parameter_count(ngf, levels, channels)
+
+
+@pytest.mark.parametrize("ngf,channels", [(64, 1), (16, 3)])
+def test_ncsnv2_parameter_count_matches_the_layout(ngf, channels):
+    net = NCSNv2(channels=channels, ngf=ngf)
+    assert sum(p.numel() for p in net.parameters()) == layout_parameter_count(ngf, 1, channels, v2=True)
+
+
+def test_ncsnv2_divides_by_sigma_and_sees_nothing_else_of_it():
+    torch.manual_seed(3)
+    net = NCSNv2(ngf=8)
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        a, b = net(x, torch.tensor([1.0, 0.5, 0.1])), net(x, 1.0)
+    torch.testing.assert_close(a * torch.tensor([1.0, 0.5, 0.1]).view(-1, 1, 1, 1), b)
+
+
+def test_ncsnv2_pools_by_maximum_and_ncsn_by_average():
+    v1, v2 = CondRefineNetDilated(ngf=8, n_levels=2), NCSNv2(ngf=8)
+    x = torch.tensor([[[[0.0] * 4 + [8.0]] * 5]])  # one bright column in a 5 × 5 window
+    assert v1.refine1.crp.pool(x, 5, stride=1, padding=2)[0, 0, 2, 2] == 8.0 / 5
+    assert v2.refine1.crp.pool(x, 5, stride=1, padding=2)[0, 0, 2, 2] == 8.0
+
+
+def test_instance_norm_plus_is_cond_instance_norm_plus_with_one_level():
+    torch.manual_seed(4)
+    plain, cond = InstanceNormPlus(4), CondInstanceNormPlus(4, n_levels=1)
+    with torch.no_grad():
+        cond.embed.weight[0] = torch.cat([plain.gamma, plain.alpha, plain.beta + 0.3])
+        plain.beta += 0.3
+    x = torch.randn(2, 4, 5, 5) + torch.arange(4.0)[:, None, None]
+    torch.testing.assert_close(plain(x), cond(x, torch.tensor([0, 0])))
 
 
 def test_mnist_configuration_matches_the_reference_implementation():
