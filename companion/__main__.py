@@ -1,9 +1,12 @@
-"""Command line: training and sampling recipes.
+"""Command line: training, sampling and evaluation recipes.
 
     python -m companion train ncsn --data mnist --data-path PATH --holdout 1000 --ngf 32 --steps N --out DIR
     python -m companion sample DIR/checkpoint.pt --n 64 --out samples.png
+    python -m companion evaluate DIR/checkpoint.pt --data-path PATH --holdout 1000 --n 1000 --out DIR/eval
+    python -m companion classifier --data-path PATH --holdout 1000 --out classifier.pt
 
-Training resumes from DIR/checkpoint.pt when it exists, provided the recipe is the same.
+Training resumes from DIR/checkpoint.pt when it exists, provided the recipe is the same; under
+`torchrun --nproc_per_node K -m companion train ...` it runs data-parallel on K processes.
 Sampling uses the EMA weights and annealed Langevin dynamics with NCSNv2's step-size rule.
 """
 
@@ -19,7 +22,7 @@ import torch
 from . import datasets, schedules
 from .losses import ncsn_loss
 from .nets import LevelConditioned
-from .refinenet import CondRefineNetDilated
+from .refinenet import NCSNv2, CondRefineNetDilated
 from .train import load_checkpoint, train
 
 
@@ -38,6 +41,28 @@ def load_images(args):
     return images, levels
 
 
+def build_model(config):
+    """The score model s(x, σ) a config describes, and its noise levels."""
+    sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
+    if config["model"] == "NCSNv2":
+        return NCSNv2(channels=1, ngf=config["ngf"], image_size=config["image_size"]), sigmas
+    net = CondRefineNetDilated(channels=1, ngf=config["ngf"], n_levels=len(sigmas), image_size=config["image_size"])
+    return LevelConditioned(net, sigmas, divide_by_sigma=config["divide_by_sigma"]), sigmas
+
+
+def start_processes(args):
+    """Join the process group torchrun describes in the environment, if any; returns (rank, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and args.device in (None, "cuda")
+    if world == 1:
+        return 0, torch.device(args.device or ("cuda" if cuda else "cpu"))
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return dist.get_rank(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
 def ncsn_recipe(args, images, levels):
     """The noise levels of the recipe: NCSNv2's rules unless given explicitly."""
     x = images[:, None].to(torch.float64) / (levels - 1)
@@ -49,11 +74,11 @@ def ncsn_recipe(args, images, levels):
 def train_ncsn(args):
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, device = start_processes(args)
     images, levels = load_images(args)
     sigmas = ncsn_recipe(args, images, levels)
     config = {
-        "model": "CondRefineNetDilated", "data": args.data, "holdout": args.holdout, "train_images": len(images),
+        "model": {"ncsn": "CondRefineNetDilated", "ncsnv2": "NCSNv2"}[args.arch], "data": args.data, "holdout": args.holdout, "train_images": len(images),
         "ngf": args.ngf, "image_size": images.shape[-1], "sigmas": [round(s, 10) for s in sigmas.tolist()],
         "divide_by_sigma": not args.no_divide_by_sigma, "batch_size": args.batch_size, "lr": args.lr,
         "ema_decay": args.ema_decay, "seed": args.seed, "grey_levels": levels,
@@ -65,12 +90,15 @@ def train_ncsn(args):
             changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
             raise ValueError(f"{checkpoint} was trained with another recipe (differs in {changed}); "
                              f"use a new --out or the same options")
+    if args.arch == "ncsnv2" and args.no_divide_by_sigma:
+        raise ValueError("--no-divide-by-sigma does not apply to --arch ncsnv2, whose output is always divided by sigma")
     torch.manual_seed(args.seed)
-    net = CondRefineNetDilated(channels=1, ngf=args.ngf, n_levels=len(sigmas), image_size=images.shape[-1])
-    model = LevelConditioned(net, sigmas, divide_by_sigma=config["divide_by_sigma"]).to(device)
+    model, _ = build_model(config)
+    model = model.to(device)
     sigmas_dev = sigmas.to(device=device, dtype=torch.float32)
-    print(f"{len(images)} training images, {len(sigmas)} levels from {sigmas[0]:.3g} to {sigmas[-1]:.3g}, "
-          f"{sum(p.numel() for p in net.parameters()):,} parameters, device {device}", flush=True)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"{len(images)} training images, {len(sigmas)} levels from {sigmas[0]:.3g} to {sigmas[-1]:.3g}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
 
     started, last = time.perf_counter(), [0, time.perf_counter()]
 
@@ -79,7 +107,7 @@ def train_ncsn(args):
         if step % args.log_every == 0:
             now = time.perf_counter()
             per_step = (now - last[1]) / max(step - last[0], 1)
-            print(f"step {step}: loss {info['loss'].item():.4f}, {per_step:.2f} s/step", flush=True)
+            say(f"step {step}: loss {info['loss'].item():.4f}, {per_step:.2f} s/step", flush=True)
             last[:] = [step, now]
 
     train(
@@ -89,47 +117,142 @@ def train_ncsn(args):
         transform=lambda batch, g: datasets.dequantize(batch, levels, generator=g), config=config,
         progress=args.progress, callback=report,
     )
+    if rank > 0:
+        return
     with open(os.path.join(args.out, "recipe.json"), "w") as f:
         json.dump({"command": " ".join(["python -m companion"] + args.argv), **config}, f, indent=1)
     print(f"done: {args.steps} steps in {args.out} ({(time.perf_counter() - started) / 60:.1f} min this run)")
 
 
 def model_from_checkpoint(path, device="cpu", weights="ema"):
-    """Rebuild the score model s(x, σ) of a `train ncsn` checkpoint, with its EMA (or raw) weights."""
+    """Rebuild the score model s(x, σ) of a `train ncsn` checkpoint, with its EMA (or raw) weights.
+    Returns (model in eval mode, sigmas, config)."""
     state = load_checkpoint(path, device)
-    config = state["config"]
-    sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
-    net = CondRefineNetDilated(channels=1, ngf=config["ngf"], n_levels=len(sigmas), image_size=config["image_size"])
-    model = LevelConditioned(net, sigmas, divide_by_sigma=config["divide_by_sigma"]).to(device)
+    model, sigmas = build_model(state["config"])
     model.load_state_dict(state["ema"]["shadow"] if weights == "ema" else state["model"])
-    return model.eval(), sigmas, config
+    return model.to(device).eval(), sigmas, state["config"]
 
 
-def sample_ncsn(args):
+def draw_samples(model, sigmas, n, *, n_steps_each, step_lr=None, denoise=True, seed=0, batch_size=None,
+                 image_size=28, device="cpu", progress=False):
+    """n images by annealed Langevin dynamics from uniform noise, in batches of `batch_size`, with
+    NCSNv2's step size for n_steps_each unless step_lr is given. Returns (samples on the CPU, step_lr)."""
     from .samplers import annealed_langevin
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
     gamma = (sigmas[0] / sigmas[1]).item() if len(sigmas) > 1 else 1.5
-    step_lr = args.step_lr or schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, args.n_steps_each)
-    g = torch.Generator(device=device).manual_seed(args.seed)
-    size = config["image_size"]
-    x0 = torch.rand(args.n, 1, size, size, generator=g, device=device)
+    step_lr = step_lr or schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, n_steps_each)
+    g = torch.Generator(device=device).manual_seed(seed)
+    batch_size = batch_size or n
+    out = []
     with torch.inference_mode():
-        x = annealed_langevin(model, x0, sigmas.to(device), step_lr=step_lr, n_steps_each=args.n_steps_each,
-                              denoise=not args.no_denoise, generator=g, progress=args.progress)
-    x = x.cpu()
-    torch.save(x, os.path.splitext(args.out)[0] + ".pt")  # raw samples; only the picture is clipped to [0, 1]
+        for start in range(0, n, batch_size):
+            x0 = torch.rand(min(batch_size, n - start), 1, image_size, image_size, generator=g, device=device)
+            out.append(annealed_langevin(model, x0, sigmas.to(device), step_lr=step_lr, n_steps_each=n_steps_each,
+                                         denoise=denoise, generator=g, progress=progress).cpu())
+    return torch.cat(out), step_lr
+
+
+def save_grid(x, path, n=None):
     import matplotlib
 
     matplotlib.use("Agg")
     from .plotting import image_grid
 
-    ax = image_grid(x, ncol=math.ceil(math.sqrt(args.n)))  # clips to [0, 1] for display only
-    ax.figure.savefig(args.out, dpi=150, bbox_inches="tight")
+    x = x[:n] if n else x
+    ax = image_grid(x, ncol=math.ceil(math.sqrt(len(x))))  # clips to [0, 1] for display only
+    ax.figure.savefig(path, dpi=150, bbox_inches="tight")
+
+
+def sample_ncsn(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
+    x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
+                              denoise=not args.no_denoise, seed=args.seed, image_size=config["image_size"],
+                              device=device, progress=args.progress)
+    torch.save(x, os.path.splitext(args.out)[0] + ".pt")  # raw samples; only the picture is clipped to [0, 1]
+    save_grid(x, args.out)
     print(f"{args.n} samples ({len(sigmas)} levels × {args.n_steps_each} steps, step_lr {step_lr:.3g}) -> {args.out}")
+
+
+def held_out(args):
+    """The last --holdout MNIST digits as (uint8 images, labels): the split training never sees."""
+    images, labels = datasets.load_mnist(args.data_path)
+    if not 0 < args.holdout < len(images):
+        raise ValueError(f"--holdout must be between 1 and {len(images) - 1}; got {args.holdout}")
+    return images[-args.holdout :], labels[-args.holdout :]
+
+
+def evaluate_ncsn(args):
+    """Sample n digits and judge them with the digit classifier against the held-out split."""
+    from .metrics import digit_report, load_digit_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
+    if args.holdout != config.get("holdout"):
+        raise ValueError(f"--holdout {args.holdout} differs from the {config.get('holdout')} the model was trained "
+                         f"without; evaluate on the split it never saw")
+    real, _ = held_out(args)
+    train_images, _ = datasets.load_mnist(args.data_path)
+    baseline = train_images[: min(args.n, len(train_images) - args.holdout)]  # real digits, none held out
+    classifier = load_digit_classifier(args.classifier)
+    started = time.perf_counter()
+    x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
+                              denoise=not args.no_denoise, seed=args.seed, batch_size=args.batch_size,
+                              image_size=config["image_size"], device=device, progress=args.progress)
+    seconds = time.perf_counter() - started
+    report = digit_report(classifier, x.clamp(0, 1), real[:, None].float() / 255,
+                          baseline=baseline[:, None].float() / 255)
+    report.update({"n": args.n, "levels": len(sigmas), "n_steps_each": args.n_steps_each, "step_lr": step_lr,
+                   "denoise": not args.no_denoise, "seed": args.seed, "weights": args.weights,
+                   "sampling_seconds": round(seconds, 1), "classifier_accuracy": classifier.info.get("accuracy"),
+                   "checkpoint": args.checkpoint, "command": " ".join(["python -m companion"] + args.argv)})
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(x, os.path.join(args.out, "samples.pt"))
+    save_grid(x, os.path.join(args.out, "samples.png"), n=100)
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    shares = " ".join(f"{s:.1%}" for s in report["class_shares"])
+    print(f"{args.n} samples in {seconds / 60:.1f} min: {report['confident_share']:.1%} with p > 0.9; "
+          f"classes {shares}; Fréchet {report['frechet']:.2f} (real vs real {report['frechet_real_vs_real']:.2f})")
+    return report
+
+
+def train_digit_classifier(args):
+    """Train the digit classifier on MNIST without the held-out split and report its accuracy there."""
+    from .metrics import accuracy, save_classifier, train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images, labels = datasets.load_mnist(args.data_path)
+    test_images, test_labels = held_out(args)
+    torch.manual_seed(args.seed)
+    model = train_classifier(images[: -args.holdout], labels[: -args.holdout], n_steps=args.steps,
+                             generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
+    acc = accuracy(model, test_images, test_labels)
+    save_classifier(model, args.out, accuracy=acc, held_out=len(test_images), train_images=len(images) - args.holdout,
+                    steps=args.steps, seed=args.seed, command=" ".join(["python -m companion"] + args.argv))
+    print(f"held-out accuracy {acc:.2%} on {len(test_images)} digits -> {args.out}")
+    return acc
+
+
+def _sampling_options(p):
+    p.add_argument("checkpoint")
+    p.add_argument("--n-steps-each", type=int, default=5)
+    p.add_argument("--step-lr", type=float, default=None, help="default: NCSNv2's rule for n-steps-each")
+    p.add_argument("--no-denoise", action="store_true")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema")
+    p.add_argument("--seed", type=int, default=0)
+    _machine_options(p)
+
+
+def _machine_options(p):
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--progress", action="store_true")
 
 
 def main(argv=None):
@@ -137,6 +260,8 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     tr = commands.add_parser("train", help="train a model")
     tr.add_argument("model", choices=["ncsn"])
+    tr.add_argument("--arch", choices=["ncsn", "ncsnv2"], default="ncsn",
+                    help="CondRefineNetDilated (NCSN) or the unconditional NCSNv2 network")
     tr.add_argument("--data", choices=["mnist", "digits"], default="mnist")
     tr.add_argument("--data-path", help="MNIST: an .npz with images and labels, or a folder of IDX files")
     tr.add_argument("--holdout", type=int, default=0, help="leave out the last N images (held-out split)")
@@ -146,33 +271,42 @@ def main(argv=None):
     tr.add_argument("--n-levels", type=int, default=None, help="default: NCSNv2's gamma rule")
     tr.add_argument("--no-divide-by-sigma", action="store_true", help="NCSN v1 output (no 1/sigma)")
     tr.add_argument("--steps", type=int, required=True)
-    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--batch-size", type=int, default=64, help="the global batch (over all processes)")
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--ema-decay", type=float, default=0.999)
     tr.add_argument("--checkpoint-every", type=int, default=250)
     tr.add_argument("--log-every", type=int, default=50)
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=None)
-    tr.add_argument("--device", default=None)
-    tr.add_argument("--progress", action="store_true")
     tr.add_argument("--out", required=True)
+    _machine_options(tr)
     sa = commands.add_parser("sample", help="sample from a trained checkpoint")
-    sa.add_argument("checkpoint")
+    _sampling_options(sa)
     sa.add_argument("--n", type=int, default=64)
-    sa.add_argument("--n-steps-each", type=int, default=5)
-    sa.add_argument("--step-lr", type=float, default=None, help="default: NCSNv2's rule for n-steps-each")
-    sa.add_argument("--no-denoise", action="store_true")
-    sa.add_argument("--weights", choices=["ema", "raw"], default="ema")
-    sa.add_argument("--seed", type=int, default=0)
-    sa.add_argument("--threads", type=int, default=None)
-    sa.add_argument("--device", default=None)
-    sa.add_argument("--progress", action="store_true")
     sa.add_argument("--out", default="samples.png")
+    ev = commands.add_parser("evaluate", help="sample and judge the samples against held-out digits")
+    _sampling_options(ev)
+    ev.add_argument("--data-path", required=True, help="the MNIST the model was trained on (.npz or IDX folder)")
+    ev.add_argument("--holdout", type=int, required=True, help="the held-out tail the model was trained without")
+    ev.add_argument("--n", type=int, default=1000)
+    ev.add_argument("--batch-size", type=int, default=250)
+    ev.add_argument("--classifier", default=None, help="default: the classifier shipped with companion")
+    ev.add_argument("--out", required=True, help="a folder for report.json, samples.pt and samples.png")
+    cl = commands.add_parser("classifier", help="train the digit classifier of the evaluation")
+    cl.add_argument("--data-path", required=True)
+    cl.add_argument("--holdout", type=int, required=True)
+    cl.add_argument("--steps", type=int, default=2000)
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--out", required=True)
+    _machine_options(cl)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
     if args.command == "sample":
         return sample_ncsn(args)
+    if args.command == "evaluate":
+        return evaluate_ncsn(args)
+    if args.command == "classifier":
+        return train_digit_classifier(args)
     if args.data == "mnist" and not args.data_path:
         parser.error("--data mnist needs --data-path (an .npz or a folder of IDX files)")
     if not math.isfinite(args.lr) or args.lr <= 0:

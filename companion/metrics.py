@@ -6,10 +6,14 @@ and features (for a Fréchet distance, as FID does with Inception features) judg
 held-out real digits.
 """
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from . import _checks
+
+SHIPPED_CLASSIFIER = Path(__file__).with_name("weights") / "digit_classifier.pt"
 
 
 def _flat(x):
@@ -103,18 +107,51 @@ def train_classifier(images, labels, *, n_steps=2000, batch_size=128, lr=1e-3, g
 
 
 @torch.no_grad()
-def digit_report(classifier, samples, real, *, threshold=0.9):
+def accuracy(classifier, images, labels, batch_size=1000):
+    """Share of uint8 images [N, 28, 28] that `classifier` labels correctly."""
+    x = images[:, None].to(torch.get_default_dtype()) / 255
+    predicted = torch.cat([classifier(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    return (predicted == labels).double().mean().item()
+
+
+def save_classifier(classifier, path, **info):
+    """Save a DigitClassifier's weights and a dict of plain facts about it (accuracy, recipe)."""
+    from .train import save_checkpoint
+
+    save_checkpoint({"state_dict": classifier.state_dict(), "n_classes": classifier.head.out_features, "info": info}, path)
+
+
+def load_digit_classifier(path=None):
+    """The DigitClassifier saved at `path` (default: the one shipped with companion, trained on the
+    first 9,000 of 10,000 MNIST digits; its held-out accuracy is in `.info`), in eval mode."""
+    path = Path(path) if path is not None else SHIPPED_CLASSIFIER
+    if not path.is_file():
+        raise ValueError(f"no classifier at {path}; train one with `python -m companion classifier`")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = DigitClassifier(n_classes=state["n_classes"])
+    model.load_state_dict(state["state_dict"])
+    model.info = state["info"]
+    return model.eval()
+
+
+@torch.no_grad()
+def digit_report(classifier, samples, real, *, threshold=0.9, baseline=None):
     """Judge [N, 1, 28, 28] samples in [0, 1] against real held-out digits of the same shape:
     the share classified with probability > threshold, the class histogram of the samples (shares
     summing to 1), the Fréchet distance in the classifier's feature space, and the same distance
-    between two halves of the real digits (the floor a perfect sampler would reach)."""
+    from other real digits (`baseline`, as many as the samples, e.g. training digits; default: the
+    two halves of `real`): the floor a perfect sampler would reach with this many samples."""
     probs = classifier(samples).softmax(-1)
     confidence, classes = probs.max(-1)
-    half = len(real) // 2
     feats_real = classifier.features(real)
+    if baseline is None:
+        half = len(real) // 2
+        floor = frechet_distance(feats_real[:half], feats_real[half:])
+    else:
+        floor = frechet_distance(classifier.features(baseline), feats_real)
     return {
         "confident_share": (confidence > threshold).double().mean().item(),
         "class_shares": (torch.bincount(classes, minlength=probs.shape[1]).double() / len(samples)).tolist(),
         "frechet": frechet_distance(classifier.features(samples), feats_real),
-        "frechet_real_vs_real": frechet_distance(feats_real[:half], feats_real[half:]),
+        "frechet_real_vs_real": floor,
     }

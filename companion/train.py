@@ -5,6 +5,7 @@ with an explicit generator so that a chapter trains the same model on every run.
 """
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import trange
 
 from . import _checks
@@ -56,13 +57,20 @@ def load_checkpoint(path, device=None):
     return torch.load(path, map_location=device, weights_only=True)
 
 
+def _process_group():
+    """(rank, world size) of the torch.distributed group this process belongs to, or (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3, ema_decay=0.999, grad_clip=None,
           checkpoint_every=500, seed=0, transform=None, config=None, progress=False, callback=None):
     """The training loop for any score-matching loss: Adam, EMA of the weights, optional gradient
-    clipping, atomic checkpoints, and resumption (Chapter 7).
+    clipping, atomic checkpoints, resumption, and data-parallel training (Chapter 7).
 
     Args:
-        loss_fn: callable (model, batch, generator) -> scalar tensor.
+        loss_fn: callable (model, batch, generator) -> scalar tensor, the mean over the batch.
         model: the network, already on its device; `data` is moved there once.
         data: [N, ...] training examples; each step draws `batch_size` of them with replacement.
         out_dir: where `checkpoint.pt` is written every `checkpoint_every` steps and at the end.
@@ -74,6 +82,13 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
     Returns:
         (ema, losses): the EMA helper (its weights are the ones to sample with) and the losses of
         the steps run in this call, a tensor on the model's device.
+
+    Data parallel: called in every process of an initialised torch.distributed group (as
+    `torchrun` starts them), the model is wrapped in DistributedDataParallel and `batch_size`
+    is the global batch. Every process draws the same global batch indices from a shared
+    generator and trains on its own slice of them, with its own stream for the noise; the
+    gradients are averaged, so a step equals one step of a single process on the whole batch.
+    Process 0 writes the checkpoints, which hold every process's noise stream.
     """
     from pathlib import Path
 
@@ -83,9 +98,20 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
     _checks.positive_number(lr, "lr")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
+    rank, world = _process_group()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the {world} processes")
     device = next(model.parameters()).device
     data = data.to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    # One process uses one stream for everything; several share `generator` for the batch
+    # indices only and draw their noise from a stream of their own.
+    noise = generator if world == 1 else torch.Generator(device=device).manual_seed(seed + 1 + rank)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     ema = EMA(model, ema_decay)
     start = 0
@@ -96,18 +122,34 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         generator.set_state(state["generator"].cpu())
+        streams = state.get("noise_generators", [])
+        if world > 1:
+            if len(streams) != world:
+                raise ValueError(f"{path} was written by {len(streams) or 1} process(es); resume it with as many, not {world}")
+            noise.set_state(streams[rank].cpu())
+        elif streams:
+            raise ValueError(f"{path} was written by {len(streams)} processes; resume it with as many, not 1")
         start = int(state["step"])
 
     def checkpoint(step):
-        save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                         "generator": generator.get_state(), "step": step, "config": config or {}}, path)
+        streams = []
+        if world > 1:
+            streams = [None] * world
+            dist.all_gather_object(streams, noise.get_state())
+        if rank == 0:
+            save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                             "generator": generator.get_state(), "noise_generators": streams, "step": step,
+                             "config": config or {}}, path)
+        if world > 1:
+            dist.barrier()  # nobody runs ahead of a checkpoint that may be read back
 
+    local = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
     losses = torch.empty(max(n_steps - start, 0), device=device)
     model.train()
-    for step in trange(start, n_steps, initial=start, total=n_steps, disable=not progress, desc="training"):
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=device)
-        batch = data[idx] if transform is None else transform(data[idx], generator)
-        loss = loss_fn(model, batch, generator)
+    for step in trange(start, n_steps, initial=start, total=n_steps, disable=not progress or rank > 0, desc="training"):
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=device)[local]
+        batch = data[idx] if transform is None else transform(data[idx], noise)
+        loss = loss_fn(net, batch, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:

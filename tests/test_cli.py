@@ -40,3 +40,60 @@ def test_sample_from_a_checkpoint(tmp_path):
     main(["sample", str(tmp_path / "run" / "checkpoint.pt"), "--n", "4", "--n-steps-each", "2", "--out", str(png)])
     x = torch.load(tmp_path / "s.pt", weights_only=True)
     assert png.is_file() and x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def fake_mnist(path, n=60):
+    """An .npz shaped like MNIST: bright bars whose row encodes one of 10 labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k : 4 + 2 * k, 4:24] = 230
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def test_classifier_and_evaluate_commands(tmp_path, capsys):
+    data = str(fake_mnist(tmp_path / "m.npz"))
+    clf = str(tmp_path / "clf.pt")
+    accuracy = main(["classifier", "--data-path", data, "--holdout", "20", "--steps", "30", "--out", clf])
+    assert 0.0 <= accuracy <= 1.0
+    from companion.metrics import load_digit_classifier
+
+    assert load_digit_classifier(clf).info["train_images"] == 40
+    run = str(tmp_path / "run")
+    main(["train", "ncsn", "--data-path", data, "--holdout", "20", "--ngf", "4", "--n-levels", "3", "--sigma-max", "2",
+          "--steps", "2", "--out", run])
+    out = tmp_path / "eval"
+    common = [f"{run}/checkpoint.pt", "--data-path", data, "--n", "6", "--batch-size", "4", "--n-steps-each", "1",
+              "--classifier", clf, "--out", str(out)]
+    report = main(["evaluate", *common, "--holdout", "20"])
+    assert sum(report["class_shares"]) == pytest.approx(1.0) and report["n"] == 6 and report["levels"] == 3
+    assert json.loads((out / "report.json").read_text())["frechet"] == report["frechet"]
+    import torch
+
+    assert torch.load(out / "samples.pt", weights_only=True).shape == (6, 1, 28, 28)
+    with pytest.raises(ValueError, match="--holdout 10 differs"):
+        main(["evaluate", *common, "--holdout", "10"])
+
+
+def test_ncsnv2_architecture_trains_and_samples(tmp_path):
+    import torch
+
+    out = str(tmp_path / "v2")
+    main(ARGS + ["--arch", "ncsnv2", "--steps", "2", "--out", out])
+    state = load_checkpoint(tmp_path / "v2" / "checkpoint.pt")
+    assert state["config"]["model"] == "NCSNv2" and not any("embed" in k for k in state["model"])
+    main(["sample", f"{out}/checkpoint.pt", "--n", "3", "--n-steps-each", "1", "--out", str(tmp_path / "v2.png")])
+    assert torch.isfinite(torch.load(tmp_path / "v2.pt", weights_only=True)).all()
+    with pytest.raises(ValueError, match="does not apply"):
+        main(ARGS + ["--arch", "ncsnv2", "--no-divide-by-sigma", "--steps", "1", "--out", str(tmp_path / "x")])
+
+
+def test_missing_classifier_is_a_clear_error(tmp_path):
+    from companion.metrics import load_digit_classifier
+
+    with pytest.raises(ValueError, match="python -m companion classifier"):
+        load_digit_classifier(tmp_path / "none.pt")

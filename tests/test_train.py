@@ -81,3 +81,47 @@ def test_training_reduces_the_loss_and_clips_gradients(tmp_path):
     model = fresh_model()
     _, losses = train(loss_fn, model, DATA, n_steps=300, lr=1e-2, grad_clip=1.0, batch_size=128)
     assert losses[-50:].mean() < losses[:50].mean()
+
+
+def fixed_noise_loss(model, batch, generator):
+    """Denoising score matching whose noise is a fixed function of the example, so that any split
+    of a batch across processes sees the same noise as the whole batch in one process."""
+    z = torch.sin(97.0 * batch.sum(-1, keepdim=True) + torch.arange(batch.shape[-1]))
+    sigma = 0.3
+    return 0.5 * ((model(batch + sigma * z) + z / sigma) ** 2).sum(-1).mean()
+
+
+def test_a_data_parallel_step_equals_one_process_on_the_whole_batch(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("ddp_worker.py")
+    out = tmp_path / "ddp"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(worker), str(out)], check=True, capture_output=True, timeout=300)
+    rank0, rank1 = torch.load(out / "parameters.pt", weights_only=True)
+    single = fresh_model()
+    train(fixed_noise_loss, single, DATA, n_steps=3, batch_size=16, lr=1e-2)
+    for a, b, c in zip(rank0, rank1, single.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the processes agree exactly
+        torch.testing.assert_close(a, c.detach(), rtol=1e-5, atol=1e-6)  # and with one process
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 3 and len(state["noise_generators"]) == 2
+    assert not torch.equal(state["noise_generators"][0], state["noise_generators"][1])
+
+
+def test_half_the_batch_is_not_the_whole_batch():
+    """The comparison above can fail: one process on half the batch ends elsewhere."""
+    half, whole = fresh_model(), fresh_model()
+    train(fixed_noise_loss, half, DATA, n_steps=3, batch_size=8, lr=1e-2)
+    train(fixed_noise_loss, whole, DATA, n_steps=3, batch_size=16, lr=1e-2)
+    assert not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(half.parameters(), whole.parameters()))
+
+
+def test_batch_must_split_evenly_across_processes(monkeypatch):
+    import companion.train as module
+
+    monkeypatch.setattr(module, "_process_group", lambda: (0, 3))
+    with pytest.raises(ValueError, match="batch_size 16 .* 3 processes"):
+        train(fixed_noise_loss, fresh_model(), DATA, n_steps=1, batch_size=16)
