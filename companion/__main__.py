@@ -21,8 +21,7 @@ import torch
 
 from . import datasets, schedules
 from .losses import ncsn_loss
-from .nets import LevelConditioned
-from .refinenet import NCSNv2, CondRefineNetDilated
+from .pretrained import build_model, model_from_checkpoint
 from .train import load_checkpoint, train
 
 
@@ -39,15 +38,6 @@ def load_images(args):
             raise ValueError(f"--holdout {args.holdout} leaves no training images out of {len(images)}")
         images = images[: -args.holdout]
     return images, levels
-
-
-def build_model(config):
-    """The score model s(x, σ) a config describes, and its noise levels."""
-    sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
-    if config["model"] == "NCSNv2":
-        return NCSNv2(channels=1, ngf=config["ngf"], image_size=config["image_size"]), sigmas
-    net = CondRefineNetDilated(channels=1, ngf=config["ngf"], n_levels=len(sigmas), image_size=config["image_size"])
-    return LevelConditioned(net, sigmas, divide_by_sigma=config["divide_by_sigma"]), sigmas
 
 
 def start_processes(args):
@@ -78,7 +68,8 @@ def train_ncsn(args):
     images, levels = load_images(args)
     sigmas = ncsn_recipe(args, images, levels)
     config = {
-        "model": {"ncsn": "CondRefineNetDilated", "ncsnv2": "NCSNv2"}[args.arch], "data": args.data, "holdout": args.holdout, "train_images": len(images),
+        "model": {"ncsn": "CondRefineNetDilated", "ncsnv2": "NCSNv2"}[args.arch], "data": args.data,
+        "holdout": args.holdout, "train_images": len(images),
         "ngf": args.ngf, "image_size": images.shape[-1], "sigmas": [round(s, 10) for s in sigmas.tolist()],
         "divide_by_sigma": not args.no_divide_by_sigma, "batch_size": args.batch_size, "lr": args.lr,
         "ema_decay": args.ema_decay, "seed": args.seed, "grey_levels": levels,
@@ -115,7 +106,7 @@ def train_ncsn(args):
         model, images, n_steps=args.steps, out_dir=args.out, batch_size=args.batch_size, lr=args.lr,
         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, seed=args.seed,
         transform=lambda batch, g: datasets.dequantize(batch, levels, generator=g), config=config,
-        progress=args.progress, callback=report,
+        compile=args.compile, progress=args.progress, callback=report,
     )
     if rank > 0:
         return
@@ -124,20 +115,14 @@ def train_ncsn(args):
     print(f"done: {args.steps} steps in {args.out} ({(time.perf_counter() - started) / 60:.1f} min this run)")
 
 
-def model_from_checkpoint(path, device="cpu", weights="ema"):
-    """Rebuild the score model s(x, σ) of a `train ncsn` checkpoint, with its EMA (or raw) weights.
-    Returns (model in eval mode, sigmas, config)."""
-    state = load_checkpoint(path, device)
-    model, sigmas = build_model(state["config"])
-    model.load_state_dict(state["ema"]["shadow"] if weights == "ema" else state["model"])
-    return model.to(device).eval(), sigmas, state["config"]
-
-
 def draw_samples(model, sigmas, n, *, n_steps_each, step_lr=None, denoise=True, seed=0, batch_size=None,
-                 image_size=28, device="cpu", progress=False):
+                 image_size=28, device="cpu", compile=False, progress=False):
     """n images by annealed Langevin dynamics from uniform noise, in batches of `batch_size`, with
     NCSNv2's step size for n_steps_each unless step_lr is given. Returns (samples on the CPU, step_lr)."""
     from .samplers import annealed_langevin
+
+    if compile:
+        model = torch.compile(model)
 
     gamma = (sigmas[0] / sigmas[1]).item() if len(sigmas) > 1 else 1.5
     step_lr = step_lr or schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, n_steps_each)
@@ -170,7 +155,7 @@ def sample_ncsn(args):
     model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
     x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
                               denoise=not args.no_denoise, seed=args.seed, image_size=config["image_size"],
-                              device=device, progress=args.progress)
+                              device=device, compile=args.compile, progress=args.progress)
     torch.save(x, os.path.splitext(args.out)[0] + ".pt")  # raw samples; only the picture is clipped to [0, 1]
     save_grid(x, args.out)
     print(f"{args.n} samples ({len(sigmas)} levels × {args.n_steps_each} steps, step_lr {step_lr:.3g}) -> {args.out}")
@@ -202,7 +187,8 @@ def evaluate_ncsn(args):
     started = time.perf_counter()
     x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
                               denoise=not args.no_denoise, seed=args.seed, batch_size=args.batch_size,
-                              image_size=config["image_size"], device=device, progress=args.progress)
+                              image_size=config["image_size"], device=device, compile=args.compile,
+                              progress=args.progress)
     seconds = time.perf_counter() - started
     report = digit_report(classifier, x.clamp(0, 1), real[:, None].float() / 255,
                           baseline=baseline[:, None].float() / 255)
@@ -215,10 +201,48 @@ def evaluate_ncsn(args):
     save_grid(x, os.path.join(args.out, "samples.png"), n=100)
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
+    if args.card:
+        card = json.loads(open(args.card).read())
+        card["evaluation"] = report
+        write_json(card, args.card)
     shares = " ".join(f"{s:.1%}" for s in report["class_shares"])
     print(f"{args.n} samples in {seconds / 60:.1f} min: {report['confident_share']:.1%} with p > 0.9; "
           f"classes {shares}; Fréchet {report['frechet']:.2f} (real vs real {report['frechet_real_vs_real']:.2f})")
     return report
+
+
+def write_json(obj, path):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def parse_log(path):
+    """[(step, loss, seconds per step)] from the lines `train ncsn` prints."""
+    import re
+
+    pattern = re.compile(r"^step (\d+): loss ([\d.]+), ([\d.]+) s/step")
+    with open(path) as f:
+        return [[int(m[1]), float(m[2]), float(m[3])] for m in map(pattern.match, f) if m]
+
+
+def export_checkpoint(args):
+    """Export the EMA weights of a training run and write its card beside them."""
+    from .pretrained import export
+
+    digest = export(args.checkpoint, args.out)
+    state = load_checkpoint(args.out)
+    recipe = os.path.join(os.path.dirname(args.checkpoint), "recipe.json")
+    card = {
+        "file": os.path.basename(args.out), "sha256": digest, "bytes": os.path.getsize(args.out), "step": state["step"],
+        "train_command": json.load(open(recipe))["command"] if os.path.isfile(recipe) else None,
+        "config": state["config"], "training_log": parse_log(args.log) if args.log else [],
+    }
+    write_json(card, os.path.splitext(args.out)[0] + ".json")
+    print(f"{args.out}: step {state['step']}, {card['bytes'] / 1e6:.1f} MB, SHA-256 {digest}")
+    return card
 
 
 def train_digit_classifier(args):
@@ -239,17 +263,19 @@ def train_digit_classifier(args):
     return acc
 
 
-def _sampling_options(p):
+def _sampling_options(p, compile=False):
     p.add_argument("checkpoint")
     p.add_argument("--n-steps-each", type=int, default=5)
     p.add_argument("--step-lr", type=float, default=None, help="default: NCSNv2's rule for n-steps-each")
     p.add_argument("--no-denoise", action="store_true")
     p.add_argument("--weights", choices=["ema", "raw"], default="ema")
     p.add_argument("--seed", type=int, default=0)
-    _machine_options(p)
+    _machine_options(p, compile)
 
 
-def _machine_options(p):
+def _machine_options(p, compile=False):
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compile,
+                   help=f"torch.compile the network (default {'on' if compile else 'off'}; pays off on long runs)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--progress", action="store_true")
@@ -278,26 +304,32 @@ def main(argv=None):
     tr.add_argument("--log-every", type=int, default=50)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", required=True)
-    _machine_options(tr)
+    _machine_options(tr, compile=True)
     sa = commands.add_parser("sample", help="sample from a trained checkpoint")
     _sampling_options(sa)
     sa.add_argument("--n", type=int, default=64)
     sa.add_argument("--out", default="samples.png")
     ev = commands.add_parser("evaluate", help="sample and judge the samples against held-out digits")
-    _sampling_options(ev)
+    _sampling_options(ev, compile=True)
     ev.add_argument("--data-path", required=True, help="the MNIST the model was trained on (.npz or IDX folder)")
     ev.add_argument("--holdout", type=int, required=True, help="the held-out tail the model was trained without")
     ev.add_argument("--n", type=int, default=1000)
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--classifier", default=None, help="default: the classifier shipped with companion")
     ev.add_argument("--out", required=True, help="a folder for report.json, samples.pt and samples.png")
+    ev.add_argument("--card", default=None, help="also record the report in this model card (.json)")
+    ex = commands.add_parser("export", help="write the EMA weights of a checkpoint and their model card")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--log", default=None, help="the training log, whose losses go into the card")
+    ex.add_argument("--out", required=True, help="the .pt to write; the card goes beside it as .json")
     cl = commands.add_parser("classifier", help="train the digit classifier of the evaluation")
     cl.add_argument("--data-path", required=True)
     cl.add_argument("--holdout", type=int, required=True)
     cl.add_argument("--steps", type=int, default=2000)
     cl.add_argument("--seed", type=int, default=0)
     cl.add_argument("--out", required=True)
-    _machine_options(cl)
+    cl.add_argument("--threads", type=int, default=None)
+    cl.add_argument("--progress", action="store_true")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
@@ -307,6 +339,8 @@ def main(argv=None):
         return evaluate_ncsn(args)
     if args.command == "classifier":
         return train_digit_classifier(args)
+    if args.command == "export":
+        return export_checkpoint(args)
     if args.data == "mnist" and not args.data_path:
         parser.error("--data mnist needs --data-path (an .npz or a folder of IDX files)")
     if not math.isfinite(args.lr) or args.lr <= 0:

@@ -65,7 +65,7 @@ def _process_group():
 
 
 def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3, ema_decay=0.999, grad_clip=None,
-          checkpoint_every=500, seed=0, transform=None, config=None, progress=False, callback=None):
+          checkpoint_every=500, seed=0, transform=None, config=None, compile=False, progress=False, callback=None):
     """The training loop for any score-matching loss: Adam, EMA of the weights, optional gradient
     clipping, atomic checkpoints, resumption, and data-parallel training (Chapter 7).
 
@@ -79,6 +79,9 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
             would and loses at most the steps since the last checkpoint.
         transform: callable (batch, generator) -> batch applied to every draw (e.g. dequantisation).
         config: a dict of plain values stored in the checkpoint (the recipe that made it).
+        compile: run the model through torch.compile (1.6× the images per second of the NCSN at
+            the MNIST configuration on a CPU, benchmarks/ncsn_throughput.py, after a compilation
+            of a minute or two); the checkpoints hold the plain model's weights either way.
     Returns:
         (ema, losses): the EMA helper (its weights are the ones to sample with) and the losses of
         the steps run in this call, a tensor on the model's device.
@@ -112,6 +115,8 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     ema = EMA(model, ema_decay)
     start = 0

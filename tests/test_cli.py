@@ -7,7 +7,7 @@ import pytest
 from companion.__main__ import main
 from companion.train import load_checkpoint
 
-ARGS = ["train", "ncsn", "--data", "digits", "--holdout", "100", "--ngf", "4", "--checkpoint-every", "2",
+ARGS = ["train", "ncsn", "--no-compile", "--data", "digits", "--holdout", "100", "--ngf", "4", "--checkpoint-every", "2",
         "--log-every", "1", "--n-levels", "5", "--sigma-max", "3.0"]
 
 
@@ -64,10 +64,10 @@ def test_classifier_and_evaluate_commands(tmp_path, capsys):
 
     assert load_digit_classifier(clf).info["train_images"] == 40
     run = str(tmp_path / "run")
-    main(["train", "ncsn", "--data-path", data, "--holdout", "20", "--ngf", "4", "--n-levels", "3", "--sigma-max", "2",
+    main(["train", "ncsn", "--no-compile", "--data-path", data, "--holdout", "20", "--ngf", "4", "--n-levels", "3", "--sigma-max", "2",
           "--steps", "2", "--out", run])
     out = tmp_path / "eval"
-    common = [f"{run}/checkpoint.pt", "--data-path", data, "--n", "6", "--batch-size", "4", "--n-steps-each", "1",
+    common = [f"{run}/checkpoint.pt", "--no-compile", "--data-path", data, "--n", "6", "--batch-size", "4", "--n-steps-each", "1",
               "--classifier", clf, "--out", str(out)]
     report = main(["evaluate", *common, "--holdout", "20"])
     assert sum(report["class_shares"]) == pytest.approx(1.0) and report["n"] == 6 and report["levels"] == 3
@@ -97,3 +97,26 @@ def test_missing_classifier_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="python -m companion classifier"):
         load_digit_classifier(tmp_path / "none.pt")
+
+
+def test_export_writes_ema_weights_and_a_card(tmp_path):
+    import torch
+
+    from companion.pretrained import model_from_checkpoint, sha256
+
+    run = tmp_path / "run"
+    main(ARGS + ["--steps", "2", "--out", str(run)])
+    log = tmp_path / "train.log"
+    log.write_text("200 training images\nstep 1: loss 3.5000, 0.10 s/step\nstep 2: loss 2.2500, 0.20 s/step\n")
+    card = main(["export", str(run / "checkpoint.pt"), "--log", str(log), "--out", str(tmp_path / "m.pt")])
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved == card and saved["sha256"] == sha256(tmp_path / "m.pt") and saved["step"] == 2
+    assert saved["training_log"] == [[1, 3.5, 0.1], [2, 2.25, 0.2]]
+    assert saved["train_command"].startswith("python -m companion train ncsn")
+    assert set(torch.load(tmp_path / "m.pt", weights_only=True)) == {"ema", "config", "step"}
+    exported, _, _ = model_from_checkpoint(tmp_path / "m.pt")
+    full, _, _ = model_from_checkpoint(run / "checkpoint.pt")
+    x, s = torch.rand(2, 1, 8, 8), torch.full((2,), 1.0)
+    torch.testing.assert_close(exported(x, s), full(x, s))
+    with pytest.raises(ValueError, match="only the EMA weights"):
+        model_from_checkpoint(tmp_path / "m.pt", weights="raw")

@@ -125,3 +125,13 @@ def test_batch_must_split_evenly_across_processes(monkeypatch):
     monkeypatch.setattr(module, "_process_group", lambda: (0, 3))
     with pytest.raises(ValueError, match="batch_size 16 .* 3 processes"):
         train(fixed_noise_loss, fresh_model(), DATA, n_steps=1, batch_size=16)
+
+
+def test_compiled_training_takes_the_same_steps(tmp_path):
+    eager, compiled = fresh_model(), fresh_model()
+    train(loss_fn, eager, DATA, n_steps=3, lr=1e-2)
+    train(loss_fn, compiled, DATA, n_steps=3, lr=1e-2, compile=True, out_dir=tmp_path)
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert set(saved) == set(eager.state_dict())  # the plain model's names, not the compiled wrapper's

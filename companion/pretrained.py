@@ -1,0 +1,66 @@
+"""Score models from `train ncsn` checkpoints, and the model shipped with companion (Chapter 7).
+
+The shipped NCSN was trained on the first 9,000 of 10,000 MNIST digits (the last 1,000 are held
+out for its evaluation). Its card, weights/ncsn_mnist.json, records the exact training command,
+the configuration, the step count, the SHA-256 of the weights and the evaluation.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from .nets import LevelConditioned
+from .refinenet import NCSNv2, CondRefineNetDilated
+from .train import load_checkpoint, save_checkpoint
+
+WEIGHTS = Path(__file__).with_name("weights")
+SHIPPED_NCSN = WEIGHTS / "ncsn_mnist.pt"
+
+
+def build_model(config):
+    """The score model s(x, σ) that a training config describes, and its noise levels (float64)."""
+    sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
+    if config["model"] == "NCSNv2":
+        return NCSNv2(channels=1, ngf=config["ngf"], image_size=config["image_size"]), sigmas
+    net = CondRefineNetDilated(channels=1, ngf=config["ngf"], n_levels=len(sigmas), image_size=config["image_size"])
+    return LevelConditioned(net, sigmas, divide_by_sigma=config["divide_by_sigma"]), sigmas
+
+
+def model_from_checkpoint(path, device="cpu", weights="ema"):
+    """Rebuild the score model of a `train ncsn` checkpoint (or of an exported one) with its EMA or
+    raw weights. Returns (model in eval mode, sigmas, config)."""
+    state = load_checkpoint(path, device)
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw'; got {weights!r}")
+    if weights == "raw" and "model" not in state:
+        raise ValueError(f"{path} holds only the EMA weights (an exported checkpoint); use weights='ema'")
+    model, sigmas = build_model(state["config"])
+    model.load_state_dict(state["ema"]["shadow"] if weights == "ema" else state["model"])
+    return model.to(device).eval(), sigmas, state["config"]
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def export(checkpoint, out):
+    """Write the EMA weights, config and step of a training checkpoint to `out` (no optimiser, no
+    raw weights: what sampling needs) and return its SHA-256."""
+    state = load_checkpoint(checkpoint)
+    save_checkpoint({"ema": state["ema"], "config": state["config"], "step": state["step"]}, out)
+    return sha256(out)
+
+
+def ncsn_mnist(device="cpu"):
+    """The shipped MNIST score model: (model in eval mode, sigmas, card). The weights are checked
+    against the SHA-256 of the card before they are loaded."""
+    card = json.loads(SHIPPED_NCSN.with_suffix(".json").read_text())
+    digest = sha256(SHIPPED_NCSN)
+    if digest != card["sha256"]:
+        raise ValueError(f"{SHIPPED_NCSN} has SHA-256 {digest}, not the {card['sha256']} of its card; "
+                         f"reinstall companion")
+    model, sigmas, _ = model_from_checkpoint(SHIPPED_NCSN, device)
+    return model, sigmas, card
