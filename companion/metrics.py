@@ -137,8 +137,8 @@ def load_digit_classifier(path=None):
 @torch.no_grad()
 def digit_report(classifier, samples, real, *, threshold=0.9, baseline=None):
     """Judge [N, 1, 28, 28] samples in [0, 1] against real held-out digits of the same shape:
-    the share classified with probability > threshold, the class histogram of the samples (shares
-    summing to 1), the Fréchet distance in the classifier's feature space, and the same distance
+    the share classified with probability > threshold, the class histograms of the samples and of
+    the real digits as the classifier reads them (shares summing to 1), the Fréchet distance in the classifier's feature space, and the same distance
     from other real digits (`baseline`, as many as the samples, e.g. training digits; default: the
     two halves of `real`): the floor a perfect sampler would reach with this many samples."""
     probs = classifier(samples).softmax(-1)
@@ -152,6 +152,8 @@ def digit_report(classifier, samples, real, *, threshold=0.9, baseline=None):
     return {
         "confident_share": (confidence > threshold).double().mean().item(),
         "class_shares": (torch.bincount(classes, minlength=probs.shape[1]).double() / len(samples)).tolist(),
+        "real_class_shares": (torch.bincount(classifier(real).argmax(-1), minlength=probs.shape[1]).double()
+                              / len(real)).tolist(),
         "frechet": frechet_distance(classifier.features(samples), feats_real),
         "frechet_real_vs_real": floor,
     }

@@ -251,3 +251,54 @@ def image_grid(images, ncol=8, ax=None, title=None, vmin=0.0, vmax=1.0, cmap="gr
     if title is not None:
         ax.set_title(title)
     return ax
+
+
+def ncsn_diagram(ngf=64, image_size=28, ax=None):
+    """Draw the layout of the NCSN RefineNet (companion.refinenet) as boxes and arrows: the residual
+    stages down the left, the RefineNet blocks up the right, the skip connections between them,
+    each box labelled with its channels and resolution (Chapter 7). Returns the Axes."""
+    from matplotlib.patches import FancyBboxPatch
+
+    ax = ax if ax is not None else plt.subplots(figsize=(9, 5))[1]
+    h, w = image_size, 2 * ngf
+    half = image_size // 2
+    left = [("input $2x-1$", f"1×{h}×{h}", "0.92"), ("conv 3×3", f"{ngf}×{h}×{h}", "0.92"),
+            ("res1: 2 residual blocks", f"{ngf}×{h}×{h}", "C0"),
+            ("res2: 2 blocks, halves the size", f"{w}×{half}×{half}", "C0"),
+            ("res3: 2 blocks, dilation 2", f"{w}×{half}×{half}", "C0"),
+            ("res4: 2 blocks, dilation 4", f"{w}×{half}×{half}", "C0")]
+    right = [("output: norm, ELU, conv 3×3", f"1×{h}×{h}", "0.92"), None,
+             ("refine4 (end)", f"{ngf}×{h}×{h}", "C1"), ("refine3", f"{ngf}×{half}×{half}", "C1"),
+             ("refine2", f"{w}×{half}×{half}", "C1"), ("refine1", f"{w}×{half}×{half}", "C1")]
+    bw, bh, xl, xr = 3.0, 0.62, 0.0, 5.0
+    y = [5 - i for i in range(6)]
+
+    def box(x, yy, text, shape, colour):
+        face = colour if colour.startswith("0.") else plt.matplotlib.colors.to_rgba(colour, 0.25)
+        ax.add_patch(FancyBboxPatch((x, yy - bh / 2), bw, bh, boxstyle="round,pad=0.04", fc=face, ec="0.3"))
+        ax.text(x + bw / 2, yy + 0.06, text, ha="center", va="center", fontsize=8)
+        ax.text(x + bw / 2, yy - bh / 2 + 0.08, shape, ha="center", va="bottom", fontsize=7, color="0.3")
+
+    def arrow(x0, y0, x1, y1, **kw):
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color=kw.get("color", "0.2"),
+                                                            lw=0.9, ls=kw.get("ls", "-")))
+
+    for i, item in enumerate(left):
+        box(xl, y[i], *item)
+        if i:
+            arrow(xl + bw / 2, y[i - 1] - bh / 2 - 0.05, xl + bw / 2, y[i] + bh / 2 + 0.05)
+    for i, item in enumerate(right):
+        if item is not None:
+            box(xr, y[i], *item)
+    for i in (2, 3, 4, 5):  # skip connections into the refine block at the same depth
+        arrow(xl + bw + 0.05, y[i], xr - 0.05, y[i], color="C2", ls="--")
+    for i in (5, 4, 3):
+        arrow(xr + bw / 2, y[i] + bh / 2 + 0.05, xr + bw / 2, y[i - 1] - bh / 2 - 0.05)
+    arrow(xr + bw / 2, y[2] + bh / 2 + 0.05, xr + bw / 2, y[0] - bh / 2 - 0.05)
+    ax.text(xr + bw + 0.15, y[4], "each refine block:\nRCU on each input,\nfusion (MSF),\n"
+            "chained pooling (CRP),\noutput RCU", fontsize=7, va="center", color="0.3")
+    ax.text((xl + bw + xr) / 2, y[2] + 0.12, "features", fontsize=7, ha="center", color="C2")
+    ax.set(xlim=(-0.3, xr + bw + 1.6), ylim=(y[-1] - 0.6, y[0] + 0.6), xticks=[], yticks=[])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return ax

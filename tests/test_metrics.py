@@ -50,6 +50,7 @@ def test_digit_report_on_a_trained_classifier():
     report = digit_report(clf, real[:100], real[100:])
     assert report["confident_share"] > 0.9
     assert report["class_shares"] == pytest.approx([0.5, 0.5], abs=0.05)
+    assert report["real_class_shares"] == pytest.approx([0.5, 0.5], abs=0.05)
     noise = digit_report(clf, torch.rand(100, 1, 28, 28, generator=g), real[100:])
     assert noise["frechet"] > 10 * max(report["frechet"], report["frechet_real_vs_real"])
     assert isinstance(DigitClassifier().features(torch.zeros(1, 1, 28, 28)), torch.Tensor)
