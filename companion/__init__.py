@@ -8,10 +8,12 @@ Modules (each docstring cites its chapter):
     schedules      noise schedules and NCSNv2's rules for choosing them
     scores         scores of unnormalised densities by automatic differentiation
     nets           score MLPs for toy data, EMA, the noise-level adapter
-    refinenet      the NCSN image network (CondRefineNetDilated)
-    train          training loops with checkpoints and resumption
+    refinenet      the image networks of NCSN (CondRefineNetDilated) and NCSNv2
+    train          training loops with checkpoints, resumption and data parallelism
+    metrics        MMD, sliced Wasserstein, the digit classifier and its Fréchet distance
+    pretrained     score models from checkpoints; the shipped MNIST model
     plotting, widgets   figures and interactive controls used by the chapters
-Command line: python -m companion train ncsn --help
+Command line: python -m companion --help (train, sample, evaluate, classifier, export)
 """
 
 __version__ = "0.1.0"

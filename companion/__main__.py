@@ -91,6 +91,10 @@ def train_ncsn(args):
     say(f"{len(images)} training images, {len(sigmas)} levels from {sigmas[0]:.3g} to {sigmas[-1]:.3g}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
 
+    if rank == 0:  # the recipe is known before the first step: a run killed early still has it
+        os.makedirs(args.out, exist_ok=True)
+        write_json({"command": " ".join(["python -m companion"] + args.argv), **config},
+                   os.path.join(args.out, "recipe.json"))
     started, last = time.perf_counter(), [0, time.perf_counter()]
 
     def report(info):
@@ -110,8 +114,6 @@ def train_ncsn(args):
     )
     if rank > 0:
         return
-    with open(os.path.join(args.out, "recipe.json"), "w") as f:
-        json.dump({"command": " ".join(["python -m companion"] + args.argv), **config}, f, indent=1)
     print(f"done: {args.steps} steps in {args.out} ({(time.perf_counter() - started) / 60:.1f} min this run)")
 
 
@@ -219,13 +221,18 @@ def write_json(obj, path):
     os.replace(tmp, path)
 
 
-def parse_log(path):
-    """[(step, loss, seconds per step)] from the lines `train ncsn` prints."""
+def parse_log(path, last_step=None):
+    """[(step, loss, seconds per step)] from the lines `train ncsn` prints, up to last_step. A step
+    logged twice (by a run that was killed after it and resumed before it) keeps its last entry."""
     import re
 
     pattern = re.compile(r"^step (\d+): loss ([\d.]+), ([\d.]+) s/step")
+    entries = {}
     with open(path) as f:
-        return [[int(m[1]), float(m[2]), float(m[3])] for m in map(pattern.match, f) if m]
+        for m in map(pattern.match, f):
+            if m and (last_step is None or int(m[1]) <= last_step):
+                entries[int(m[1])] = [int(m[1]), float(m[2]), float(m[3])]
+    return [entries[k] for k in sorted(entries)]
 
 
 def export_checkpoint(args):
@@ -238,7 +245,7 @@ def export_checkpoint(args):
     card = {
         "file": os.path.basename(args.out), "sha256": digest, "bytes": os.path.getsize(args.out), "step": state["step"],
         "train_command": json.load(open(recipe))["command"] if os.path.isfile(recipe) else None,
-        "config": state["config"], "training_log": parse_log(args.log) if args.log else [],
+        "config": state["config"], "training_log": parse_log(args.log, state["step"]) if args.log else [],
     }
     write_json(card, os.path.splitext(args.out)[0] + ".json")
     print(f"{args.out}: step {state['step']}, {card['bytes'] / 1e6:.1f} MB, SHA-256 {digest}")

@@ -107,7 +107,8 @@ def test_export_writes_ema_weights_and_a_card(tmp_path):
     run = tmp_path / "run"
     main(ARGS + ["--steps", "2", "--out", str(run)])
     log = tmp_path / "train.log"
-    log.write_text("200 training images\nstep 1: loss 3.5000, 0.10 s/step\nstep 2: loss 2.2500, 0.20 s/step\n")
+    log.write_text("200 training images\nstep 1: loss 3.5000, 0.10 s/step\nstep 2: loss 9.0000, 0.20 s/step\n"
+                   "resumed\nstep 2: loss 2.2500, 0.20 s/step\nstep 3: loss 2.0000, 0.20 s/step\n")
     card = main(["export", str(run / "checkpoint.pt"), "--log", str(log), "--out", str(tmp_path / "m.pt")])
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved == card and saved["sha256"] == sha256(tmp_path / "m.pt") and saved["step"] == 2
