@@ -2,13 +2,17 @@
 
 Toy-data models for Part II: `ScoreMLP`, s_θ(x), and `NoiseConditionalMLP`, s_θ(x, σ). Both use
 SiLU activations, which are smooth, so the Jacobian ∇ₓs_θ that implicit and sliced score
-matching differentiate is defined everywhere and itself differentiable.
+matching differentiate is defined everywhere and itself differentiable. The image networks of
+Part III, `CondRefineNetDilated` and `NCSNv2`, live in `companion.refinenet` and are available
+here too.
 """
 
 import math
 
 import torch
 from torch import nn
+
+from .refinenet import NCSNv2, CondRefineNetDilated  # noqa: F401  (re-exported)
 
 
 def _mlp(d_in, d_out, hidden, depth):
