@@ -112,6 +112,8 @@ def train_ncsn(args):
         transform=lambda batch, g: datasets.dequantize(batch, levels, generator=g), config=config,
         compile=args.compile, progress=args.progress, callback=report,
     )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     if rank > 0:
         return
     print(f"done: {args.steps} steps in {args.out} ({(time.perf_counter() - started) / 60:.1f} min this run)")

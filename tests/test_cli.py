@@ -121,3 +121,16 @@ def test_export_writes_ema_weights_and_a_card(tmp_path):
     torch.testing.assert_close(exported(x, s), full(x, s))
     with pytest.raises(ValueError, match="only the EMA weights"):
         model_from_checkpoint(tmp_path / "m.pt", weights="raw")
+
+
+def test_torchrun_trains_data_parallel_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "companion", *ARGS, "--steps", "2", "--batch-size", "8", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert run.stdout.count("training images") == 1  # only process 0 reports
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 2 and len(state["noise_generators"]) == 2
