@@ -153,9 +153,7 @@ def save_grid(x, path, n=None):
 
 
 def sample_ncsn(args):
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = machine(args)
     model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
     x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
                               denoise=not args.no_denoise, seed=args.seed, image_size=config["image_size"],
@@ -165,28 +163,34 @@ def sample_ncsn(args):
     print(f"{args.n} samples ({len(sigmas)} levels × {args.n_steps_each} steps, step_lr {step_lr:.3g}) -> {args.out}")
 
 
-def held_out(args):
-    """The last --holdout MNIST digits as (uint8 images, labels): the split training never sees."""
+def split_mnist(args):
+    """MNIST as ((train images, labels), (held-out images, labels)): the last --holdout digits are
+    the split that training never sees."""
     images, labels = datasets.load_mnist(args.data_path)
     if not 0 < args.holdout < len(images):
         raise ValueError(f"--holdout must be between 1 and {len(images) - 1}; got {args.holdout}")
-    return images[-args.holdout :], labels[-args.holdout :]
+    cut = len(images) - args.holdout
+    return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
+
+
+def machine(args):
+    """Apply --threads and return the device: --device, else CUDA where there is one."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def evaluate_ncsn(args):
     """Sample n digits and judge them with the digit classifier against the held-out split."""
     from .metrics import digit_report, load_digit_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = machine(args)
     model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
     if args.holdout != config.get("holdout"):
         raise ValueError(f"--holdout {args.holdout} differs from the {config.get('holdout')} the model was trained "
                          f"without; evaluate on the split it never saw")
-    real, _ = held_out(args)
-    train_images, _ = datasets.load_mnist(args.data_path)
-    baseline = train_images[: min(args.n, len(train_images) - args.holdout)]  # real digits, none held out
+    (train_images, _), (real, _) = split_mnist(args)
+    baseline = train_images[: args.n]  # real digits, none held out
     classifier = load_digit_classifier(args.classifier)
     started = time.perf_counter()
     x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
@@ -203,8 +207,7 @@ def evaluate_ncsn(args):
     os.makedirs(args.out, exist_ok=True)
     torch.save(x, os.path.join(args.out, "samples.pt"))
     save_grid(x, os.path.join(args.out, "samples.png"), n=100)
-    with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(report, os.path.join(args.out, "report.json"))
     if args.card:
         card = json.loads(open(args.card).read())
         card["evaluation"] = report
@@ -260,13 +263,12 @@ def train_digit_classifier(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    images, labels = datasets.load_mnist(args.data_path)
-    test_images, test_labels = held_out(args)
+    (images, labels), (test_images, test_labels) = split_mnist(args)
     torch.manual_seed(args.seed)
-    model = train_classifier(images[: -args.holdout], labels[: -args.holdout], n_steps=args.steps,
+    model = train_classifier(images, labels, n_steps=args.steps,
                              generator=torch.Generator().manual_seed(args.seed), progress=args.progress)
     acc = accuracy(model, test_images, test_labels)
-    save_classifier(model, args.out, accuracy=acc, held_out=len(test_images), train_images=len(images) - args.holdout,
+    save_classifier(model, args.out, accuracy=acc, held_out=len(test_images), train_images=len(images),
                     steps=args.steps, seed=args.seed, command=" ".join(["python -m companion"] + args.argv))
     print(f"held-out accuracy {acc:.2%} on {len(test_images)} digits -> {args.out}")
     return acc
