@@ -3,8 +3,12 @@
 Modules (each docstring cites its chapter):
     distributions  exact targets: Gaussian and Gaussian mixtures, their scores and perturbations
     datasets       toy 2-D sets; MNIST from IDX files or .npz; the bundled 8x8 digits; dequantisation
-    losses         explicit, implicit, sliced, denoising and multi-scale (NCSN) score matching
-    samplers       Langevin (ULA), MALA, annealed Langevin dynamics, inverse-CDF sampling
+    losses         explicit, implicit, sliced, denoising, multi-scale (NCSN) and continuous-time (SDE)
+                   score matching
+    sde            the VE, VP and sub-VP score SDEs, their kernels, reverse processes and time grids
+    samplers       Langevin (ULA), MALA, annealed Langevin dynamics, inverse-CDF sampling; the
+                   predictors, correctors and predictor–corrector loop of score SDEs
+    ode            the probability-flow ODE: Euler, Heun, DPM-Solver++(2M), RK45; exact likelihoods
     schedules      noise schedules and NCSNv2's rules for choosing them
     scores         scores of unnormalised densities by automatic differentiation
     nets           score MLPs for toy data, EMA, the noise-level adapter

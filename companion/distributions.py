@@ -58,6 +58,7 @@ class GaussianMixture:
         eye = torch.eye(D, dtype=means.dtype, device=means.device)
         self._chol_inv = torch.linalg.solve_triangular(self._chol, eye, upper=False)  # L^{-1}
         self._precision = self._chol_inv.mT @ self._chol_inv
+        self._eig = None  # eigendecomposition of the covariances, computed when first needed
         self._log_norm = -0.5 * D * math.log(2 * math.pi) - self._chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
     @classmethod
@@ -116,10 +117,60 @@ class GaussianMixture:
         """The exact law of x + sigma z with z ~ N(0, I): every covariance grows by sigma^2 I."""
         _checks.positive_number(sigma, "sigma")
         eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
-        return self._with_covs(self.covs + sigma**2 * eye)
+        return self._with(self.means, self.covs + sigma**2 * eye)
 
-    def _with_covs(self, covs):
-        return GaussianMixture(self.weights, self.means, covs)
+    def _with(self, means, covs):
+        return GaussianMixture(self.weights, means, covs)
+
+    def at(self, sde, t):
+        """The exact law p_t of x_t = α(t) x₀ + σ(t) z under a score SDE at one time t (a number):
+        every component N(μ_k, Σ_k) becomes N(α μ_k, α² Σ_k + σ² I) (Chapter 8). `sde` only needs
+        a method marginal(t) -> (α, σ)."""
+        alpha, std = (float(v) for v in sde.marginal(float(t)))
+        eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
+        return self._with(alpha * self.means, alpha**2 * self.covs + std**2 * eye)
+
+    def _diffused_logits(self, x, alpha, std):
+        """Component log-probabilities of p_t at per-point (α, σ), and the component scores.
+
+        With Σ_k = U_k diag(λ_k) U_kᵀ, the covariance α²Σ_k + σ²I = U_k diag(α²λ_k + σ²) U_kᵀ, so
+        one eigendecomposition serves every time: no factorisation per point.
+        """
+        _checks.last_dim(x, self.dim)
+        if self._eig is None:
+            self._eig = torch.linalg.eigh(self.covs)
+        lam, U = self._eig
+        alpha, std = alpha[..., None, None], std[..., None, None]  # [..., 1, 1] against [..., K, D]
+        diff = x[..., None, :] - alpha * self.means
+        y = torch.einsum("kji,...kj->...ki", U, diff)  # U_kᵀ (x − α μ_k)
+        var = alpha**2 * lam + std**2
+        logits = (self.weights.log() - 0.5 * self.dim * math.log(2 * math.pi)
+                  - 0.5 * var.log().sum(-1) - 0.5 * (y.square() / var).sum(-1))
+        component_scores = -torch.einsum("kij,...kj->...ki", U, y / var)
+        return logits, component_scores
+
+    def marginal_score(self, sde):
+        """s(x, t) = ∇ log p_t(x) in closed form for a [batch] tensor (or a number) t: the exact
+        score every SDE sampler is tested against (Chapter 9)."""
+
+        def score_fn(x, t):
+            alpha, std = self._marginal_at(sde, t, x)
+            logits, component_scores = self._diffused_logits(x, alpha, std)
+            return (torch.softmax(logits, -1)[..., None] * component_scores).sum(-2)
+
+        return score_fn
+
+    def marginal_log_prob(self, sde, x, t):
+        """log p_t(x) for a [batch] tensor (or a number) t."""
+        alpha, std = self._marginal_at(sde, t, x)
+        logits, _ = self._diffused_logits(x, alpha, std)
+        return torch.logsumexp(logits, -1)
+
+    def _marginal_at(self, sde, t, x):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        alpha, std = sde.marginal(t)
+        shape = x.shape[:-1]
+        return alpha.to(x.dtype).expand(shape), std.to(x.dtype).expand(shape)
 
     def posterior_mean(self, y, sigma):
         """E[x | x + sigma z = y], computed from the component posteriors (not from the score):
@@ -169,8 +220,8 @@ class Gaussian(GaussianMixture):
             raise ValueError(f"cov must have shape [D, D] = [{D}, {D}]; got {tuple(cov.shape)}")
         super().__init__(torch.ones(1, dtype=mean.dtype, device=mean.device), mean[None], cov[None])
 
-    def _with_covs(self, covs):
-        return Gaussian(self.means[0], covs[0])
+    def _with(self, means, covs):
+        return Gaussian(means[0], covs[0])
 
     def score(self, x):
         _checks.last_dim(x, self.dim)

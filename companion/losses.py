@@ -13,6 +13,7 @@ are handled by flattening each sample: `score_fn` receives and returns tensors o
 | `ssm_loss` | vᵀ∇ₓs(x) v + ½(vᵀs(x))², or ½‖s‖² with SSM-VR | one Jacobian-vector product per projection (Song et al. 2019) |
 | `dsm_loss` | ½‖s(x + σz) + z/σ‖² | nothing but noise (Vincent 2011; Chapter 4) |
 | `ncsn_loss` | ½ λ(σ)‖s(x + σz, σ) + z/σ‖², σ drawn from the levels | a noise-conditional model (Song & Ermon 2019; Chapter 5) |
+| `sde_loss` | ½ λ(t)‖s(α x + σ z, t) + z/σ‖², t ~ U(eps, T) | a time-conditional model and an SDE (Song et al. 2021; Chapter 9) |
 """
 
 import torch
@@ -20,6 +21,7 @@ from torch.func import jacrev, vmap
 
 from . import _checks
 from .schedules import check_decreasing
+from .sde import batch_view
 
 REDUCTIONS = ("mean", "sum", "none")
 PROBES = ("rademacher", "gaussian", "sphere")
@@ -233,3 +235,31 @@ def _per_sample_sigma(sigma, x):
         return sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
     _checks.positive_number(sigma, "sigma")
     return sigma
+
+
+def sde_loss(sde, score_fn, x, *, eps=1e-5, likelihood_weighting=False, generator=None, reduction="mean"):
+    """Continuous-time denoising score matching for a score SDE (Song et al. 2021, Eq. 7; Chapter 9).
+
+    Each sample gets a time t ~ U(eps, T) and x_t = α(t) x + σ(t) z (`sde.marginal`), then
+
+        per sample: ½ λ(t) ‖s(x_t, t) + z/σ(t)‖²,
+
+    with λ(t) = σ(t)² (the default: ½‖σ s + z‖², every time weighted alike, as NCSN's λ = σ²)
+    or λ(t) = g(t)² (likelihood_weighting=True: then the time integral of the loss bounds the KL
+    divergence from the data to the model, Song, Durkan, Murray & Ermon 2021). `score_fn(x_t, t)`
+    receives a [batch] tensor of times.
+    """
+    _checks.batch(x)
+    _check_reduction(reduction)
+    _checks.positive_number(eps, "eps")
+    if not eps < sde.T:
+        raise ValueError(f"eps must be below T = {sde.T}; got {eps}")
+    t = eps + (sde.T - eps) * torch.rand(x.shape[:1], generator=generator, dtype=x.dtype, device=x.device)
+    x_t, z = sde.perturb(x, t, generator=generator)
+    _, std = sde.marginal(t)
+    std = batch_view(std, x)
+    if likelihood_weighting:
+        per_sample = 0.5 * sde.diffusion(t) ** 2 * _flat(score_fn(x_t, t) + z / std).square().sum(-1)
+    else:
+        per_sample = 0.5 * _flat(std * score_fn(x_t, t) + z).square().sum(-1)
+    return _reduce(per_sample, reduction)

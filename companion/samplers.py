@@ -13,6 +13,7 @@ from tqdm.auto import trange
 
 from . import _checks
 from .schedules import check_decreasing
+from .sde import time_grid
 
 
 def _noise_like(x, generator):
@@ -189,3 +190,162 @@ def inverse_cdf(log_prob_fn, n, *, low, high, n_grid=4097, generator=None):
     c0, c1 = cdf[idx - 1], cdf[idx]
     frac = (u - c0) / (c1 - c0).clamp_min(torch.finfo(torch.float64).tiny)
     return grid[idx - 1] + frac * (grid[idx] - grid[idx - 1])
+
+
+# -- score SDEs: predictors, correctors and the predictor–corrector loop (Chapter 9) -----------
+#
+# A predictor moves x from time t to an earlier time t_next with the score at t; a corrector runs
+# Langevin steps at a fixed t. Both return (x, x_mean), x_mean being the update without its noise.
+# The time t reaches the score as a [batch] tensor of x's dtype: s(x, t).
+
+
+def _time_batch(t, x):
+    return torch.full(x.shape[:1], t, dtype=x.dtype, device=x.device)
+
+
+def euler_maruyama_predictor(sde, score_fn, x, t, t_next, generator=None):
+    """One Euler–Maruyama step of the reverse SDE dx = [f − g² s] dt + g dW̄ from t down to t_next:
+
+        x_mean = x − [f(x, t) − g(t)² s(x, t)] h,   x = x_mean + g(t) √h z,   h = t − t_next > 0.
+    """
+    h = t - t_next
+    g = float(sde.diffusion(t))
+    x_mean = x - sde.reverse(score_fn).drift(x, _time_batch(t, x)) * h
+    return x_mean + g * h**0.5 * _noise_like(x, generator), x_mean
+
+
+def reverse_diffusion_predictor(sde, score_fn, x, t, t_next, generator=None):
+    """The reverse-diffusion predictor of Song et al. (2021, App. E): the forward step from t_next
+    to t, x_t = x_{t_next} + f + G z with f = (a − 1) x, G = b (`SDE.transition`), run backwards:
+
+        x_mean = x − f + G² s(x, t),   x = x_mean + G z.
+
+    For VE this is the NCSN chain reversed, for VP the DDPM chain to first order in β.
+    """
+    a, b = (float(v) for v in sde.transition(t_next, t))
+    x_mean = (2 - a) * x + b**2 * score_fn(x, _time_batch(t, x))
+    return x_mean + b * _noise_like(x, generator), x_mean
+
+
+def ancestral_predictor(sde, score_fn, x, t, t_next, generator=None):
+    """Ancestral sampling (Ho et al. 2020; Song et al. 2021, App. F): draw x_{t_next} from the
+    Gaussian q(x_{t_next} | x_t, x₀) with x₀ replaced by Tweedie's estimate (x + σ(t)² s)/α(t).
+    With x_t = a x_{t_next} + b z this gives
+
+        x_mean = (x + b² s(x, t)) / a,   x = x_mean + (b σ(t_next)/σ(t)) z,
+
+    for VE the reference's x + (σ_i² − σ_{i−1}²) s with std √(σ_{i−1}²(σ_i² − σ_{i−1}²)/σ_i²), for VP
+    DDPM's (x + β s)/√(1 − β) with its posterior variance β̃.
+    """
+    a, b = (float(v) for v in sde.transition(t_next, t))
+    _, std = sde.marginal(t)
+    _, std_next = sde.marginal(t_next)
+    x_mean = (x + b**2 * score_fn(x, _time_batch(t, x))) / a
+    return x_mean + b * float(std_next / std) * _noise_like(x, generator), x_mean
+
+
+def _batch_norm(t):
+    return t.reshape(t.shape[0], -1).norm(dim=-1).mean()
+
+
+def langevin_corrector(sde, score_fn, x, t, *, snr, n_steps=1, alpha=1.0, generator=None):
+    """Langevin steps on p_t with the step set by a signal-to-noise ratio r (Song et al. 2021,
+    Algorithm 4): ε = 2 α (r ‖z‖ / ‖s(x, t)‖)², then x ← x + ε s + √(2ε) z, the norms averaged
+    over the batch as in the reference code. α is 1 for VE and 1 − β_i for VP (the caller passes it).
+    """
+    tb = _time_batch(t, x)
+    x_mean = x
+    for _ in range(n_steps):
+        grad = score_fn(x, tb)
+        z = _noise_like(x, generator)
+        step = 2 * alpha * (snr * _batch_norm(z) / _batch_norm(grad)) ** 2
+        x_mean = x + step * grad
+        x = x_mean + (2 * step).sqrt() * z
+    return x, x_mean
+
+
+def annealed_langevin_corrector(sde, score_fn, x, t, *, snr, n_steps=1, alpha=1.0, generator=None):
+    """Annealed-Langevin steps at the level of time t: ε = 2 α (r σ(t))², x ← x + ε s + √(2ε) z
+    (the NCSN step rule of Chapter 6 with the step tied to σ(t))."""
+    tb = _time_batch(t, x)
+    _, std = sde.marginal(t)
+    step = 2 * alpha * (snr * float(std)) ** 2
+    x_mean = x
+    for _ in range(n_steps):
+        x_mean = x + step * score_fn(x, tb)
+        x = x_mean + (2 * step) ** 0.5 * _noise_like(x, generator)
+    return x, x_mean
+
+
+PREDICTORS = {"euler_maruyama": euler_maruyama_predictor, "reverse_diffusion": reverse_diffusion_predictor,
+              "ancestral": ancestral_predictor, None: None}
+CORRECTORS = {"langevin": langevin_corrector, "ald": annealed_langevin_corrector, None: None}
+
+
+def initial_state(sde, shape_or_x, generator=None, dtype=None, device=None):
+    """x itself when a tensor is given, else a draw of the given shape from the SDE's prior."""
+    if isinstance(shape_or_x, torch.Tensor):
+        return _checks.batch(shape_or_x, "shape_or_x")
+    shape = tuple(shape_or_x)
+    if len(shape) < 1 or not all(isinstance(n, int) and n > 0 for n in shape):
+        raise ValueError(f"shape_or_x must be a tensor or a shape [batch, ...] of positive ints; got {shape_or_x!r}")
+    return sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
+
+
+def tweedie_denoise(sde, score_fn, x, t):
+    """E[x₀ | x_t] = (x_t + σ(t)² s(x_t, t)) / α(t) (Tweedie's formula, Chapter 4)."""
+    alpha, std = (float(v) for v in sde.marginal(t))
+    return (x + std**2 * score_fn(x, _time_batch(t, x))) / alpha
+
+
+@torch.no_grad()
+def pc_sampler(sde, score_fn, shape_or_x, *, n_steps=1000, predictor="reverse_diffusion", corrector="langevin",
+               snr=0.16, n_corrector_steps=1, eps=None, grid="uniform", denoise=True, generator=None,
+               dtype=None, device=None, callback=None, progress=False):
+    """Predictor–corrector sampling of a score SDE (Song et al. 2021, Algorithm 1; Chapter 9).
+
+    On the grid t_0 = T > t_1 > … > t_n = eps (`companion.sde.time_grid`), for i = 0 … n − 1:
+    the corrector runs `n_corrector_steps` Langevin steps at t_i, then the predictor moves x from
+    t_i to t_{i+1}. The corrector comes first, as in the reference code (the paper's Algorithm 1
+    lists the predictor first; the difference is one corrector pass at T instead of at eps).
+    Finally, with denoise=True, x is replaced by Tweedie's E[x₀ | x_eps] (one more evaluation).
+
+    Args:
+        sde: a `companion.sde` process. score_fn: s(x, t) with t a [batch] tensor.
+        shape_or_x: the starting state, or a shape to draw it from the prior.
+        predictor: 'euler_maruyama', 'reverse_diffusion', 'ancestral' or None.
+        corrector: 'langevin' (step from the signal-to-noise ratio `snr`), 'ald' or None.
+        eps: the time to stop at; `sde.default_eps` (1e-5 for VE, 1e-3 for VP and sub-VP) if None.
+        grid: 'uniform', 'geometric' or 'edm' (see `time_grid`).
+    Returns:
+        (x, nfe): the samples and the number of score evaluations.
+    """
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {list(PREDICTORS)}; got {predictor!r}")
+    if corrector not in CORRECTORS:
+        raise ValueError(f"corrector must be one of {list(CORRECTORS)}; got {corrector!r}")
+    if predictor is None and corrector is None:
+        raise ValueError("pass a predictor, a corrector or both")
+    _checks.non_negative_int(n_corrector_steps, "n_corrector_steps")
+    if corrector is not None:
+        _checks.positive_number(snr, "snr")
+    ts = time_grid(sde, n_steps, grid, eps=eps).tolist()  # Python floats: no host syncs in the loop
+    x = initial_state(sde, shape_or_x, generator, dtype, device)
+    predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
+    nfe = 0
+    for i in trange(n_steps, disable=not progress, desc="PC sampler"):
+        t, t_next = ts[i], ts[i + 1]
+        if correct is not None:
+            alpha = float(sde.transition(t_next, t)[0]) ** 2  # 1 for VE, 1 − β_i for VP
+            x, x_mean = correct(sde, score_fn, x, t, snr=snr, n_steps=n_corrector_steps, alpha=alpha,
+                                generator=generator)
+            nfe += n_corrector_steps
+        if predict is not None:
+            x, x_mean = predict(sde, score_fn, x, t, t_next, generator)
+            nfe += 1
+        if callback is not None:
+            callback({"i": i, "t": t_next, "x": x, "x_mean": x_mean})
+    if denoise:
+        x = tweedie_denoise(sde, score_fn, x, ts[-1])
+        nfe += 1
+    return _checks.finite_result(x, "pc_sampler", "reduce snr or increase n_steps"), nfe
