@@ -108,3 +108,19 @@ class LevelConditioned(nn.Module):
         level = (sigma.log().float()[:, None] - self.log_sigmas).abs().argmin(dim=1)
         out = self.net(x, level)
         return out / sigma.view(-1, *([1] * (x.ndim - 1))) if self.divide_by_sigma else out
+
+
+class TimeConditioned(nn.Module):
+    """Adapts a noise-conditional network s(x, σ) to the signature s(x, t) of score SDEs:
+    s(x, t) = net(x, σ(t)), with σ(t) the std of the SDE's perturbation kernel (`sde.marginal`).
+    Since σ(t) is increasing in t, it identifies t; and a network that divides by its σ, such as
+    `NoiseConditionalMLP`, then outputs scores of the right size √D/σ(t) at every time (Chapter 9).
+    The SDE is only asked for marginal(t) -> (α, σ)."""
+
+    def __init__(self, net, sde):
+        super().__init__()
+        self.net, self.sde = net, sde
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return self.net(x, self.sde.marginal(t)[1])

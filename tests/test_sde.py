@@ -225,3 +225,14 @@ def test_noise_prediction_wrappers():
     t = 1e-5 + (1 - 1e-5) * torch.rand(64, generator=g)
     x_t, z = sde.perturb(data, t, generator=g)
     assert torch.allclose(loss, 0.5 * (eps_fn(x_t, t) - z).square().sum(-1), atol=1e-10)
+
+
+def test_time_conditioned_adapter_passes_the_kernel_std():
+    from companion.nets import NoiseConditionalMLP, TimeConditioned
+
+    sde = VPSDE()
+    net = NoiseConditionalMLP(2, hidden=16, depth=1)
+    model = TimeConditioned(net, sde)
+    x, t = torch.randn(5, 2), torch.rand(5) * 0.9 + 0.05
+    assert torch.allclose(model(x, t), net(x, sde.marginal(t)[1]))
+    assert torch.allclose(model(x, 0.5)[0], net(x[:1], float(sde.marginal(0.5)[1]))[0])
