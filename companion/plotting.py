@@ -302,3 +302,32 @@ def ncsn_diagram(ngf=64, image_size=28, ax=None):
     for spine in ax.spines.values():
         spine.set_visible(False)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 8 (from Markov chains to SDEs): the exact marginal densities of a 1-D forward process.
+
+
+def marginal_density_1d(mixture, sde, t_range=(0.0, 1.0), xlim=(-5, 5), n_t=200, n_x=300, ax=None, cmap="Blues",
+                        normalize_columns=True, **kwargs):
+    """Draw the exact marginal densities p_t(x) of a 1-D mixture under a score SDE as an image over
+    the (t, x) plane, time along the horizontal axis; returns the Axes.
+
+    p_t is `mixture.marginal_log_prob(sde, x, t)`, the mixture with every component N(μ, v) turned
+    into N(α(t) μ, α(t)² v + σ(t)²). With normalize_columns=True each time column is divided by its
+    maximum, so that a density that spreads out (VE) stays visible next to a concentrated one; the
+    image data is then the density relative to its peak at that time. Forward trajectories can be
+    drawn on top with ax.plot(times, paths). Used in Chapter 8 (from Markov chains to SDEs).
+    """
+    ax = _axes(ax)
+    dtype = mixture.means.dtype
+    ts = torch.linspace(*t_range, n_t, dtype=dtype)
+    xs = torch.linspace(*xlim, n_x, dtype=dtype)
+    tt, xx = torch.meshgrid(ts, xs, indexing="xy")  # [n_x, n_t]
+    with torch.no_grad():
+        dens = mixture.marginal_log_prob(sde, xx.reshape(-1, 1), tt.reshape(-1)).exp().reshape(n_x, n_t)
+    if normalize_columns:
+        dens = dens / dens.amax(0, keepdim=True)
+    ax.pcolormesh(ts.numpy(), xs.numpy(), dens.to(torch.float64).numpy(), cmap=cmap, shading="auto", **kwargs)
+    ax.set(xlim=t_range, ylim=xlim, xlabel="$t$", ylabel="$x$")
+    return ax
