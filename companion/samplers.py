@@ -195,53 +195,88 @@ def inverse_cdf(log_prob_fn, n, *, low, high, n_grid=4097, generator=None):
 # -- score SDEs: predictors, correctors and the predictor–corrector loop (Chapter 9) -----------
 #
 # A predictor moves x from time t to an earlier time t_next with the score at t; a corrector runs
-# Langevin steps at a fixed t. Both return (x, x_mean), x_mean being the update without its noise.
-# The time t reaches the score as a [batch] tensor of x's dtype: s(x, t).
+# Langevin steps at a fixed t. The score receives t as a [batch] tensor of x's dtype: s(x, t).
+# Every predictor here is an update x_mean = c₁ x + c₂ s(x, t), x = x_mean + c₃ z whose three
+# numbers depend only on (t, t_next): they are computed once, before the loop, so that the loop does
+# nothing but call the score and update x.
 
 
 def _time_batch(t, x):
     return torch.full(x.shape[:1], t, dtype=x.dtype, device=x.device)
 
 
-def euler_maruyama_predictor(sde, score_fn, x, t, t_next, generator=None):
-    """One Euler–Maruyama step of the reverse SDE dx = [f − g² s] dt + g dW̄ from t down to t_next:
+def euler_maruyama_coefficients(sde, t, t_next):
+    """Euler–Maruyama for the reverse SDE dx = [f − g² s] dt + g dW̄ from t down to t_next, h = t − t_next:
 
-        x_mean = x − [f(x, t) − g(t)² s(x, t)] h,   x = x_mean + g(t) √h z,   h = t − t_next > 0.
+        x_mean = x − [f(t) x − g(t)² s] h = (1 − f(t) h) x + g(t)² h s,   x = x_mean + g(t) √h z.
     """
     h = t - t_next
-    g = float(sde.diffusion(t))
-    x_mean = x - sde.reverse(score_fn).drift(x, _time_batch(t, x)) * h
-    return x_mean + g * h**0.5 * _noise_like(x, generator), x_mean
+    tt = torch.tensor(t, dtype=torch.float64)
+    f, g2 = float(sde._f(tt)), float(sde._g2(tt))
+    return 1 - f * h, g2 * h, (g2 * h) ** 0.5
 
 
-def reverse_diffusion_predictor(sde, score_fn, x, t, t_next, generator=None):
+def reverse_diffusion_coefficients(sde, t, t_next):
     """The reverse-diffusion predictor of Song et al. (2021, App. E): the forward step from t_next
-    to t, x_t = x_{t_next} + f + G z with f = (a − 1) x, G = b (`SDE.transition`), run backwards:
+    to t, x_t = x_{t_next} + f + G z with f = (a − 1) x and G = b (`SDE.transition`), run backwards:
 
-        x_mean = x − f + G² s(x, t),   x = x_mean + G z.
+        x_mean = x − f + G² s = (2 − a) x + b² s,   x = x_mean + b z.
 
     For VE this is the NCSN chain reversed, for VP the DDPM chain to first order in β.
     """
     a, b = (float(v) for v in sde.transition(t_next, t))
-    x_mean = (2 - a) * x + b**2 * score_fn(x, _time_batch(t, x))
-    return x_mean + b * _noise_like(x, generator), x_mean
+    return 2 - a, b**2, b
 
 
-def ancestral_predictor(sde, score_fn, x, t, t_next, generator=None):
+def ancestral_coefficients(sde, t, t_next):
     """Ancestral sampling (Ho et al. 2020; Song et al. 2021, App. F): draw x_{t_next} from the
     Gaussian q(x_{t_next} | x_t, x₀) with x₀ replaced by Tweedie's estimate (x + σ(t)² s)/α(t).
     With x_t = a x_{t_next} + b z this gives
 
-        x_mean = (x + b² s(x, t)) / a,   x = x_mean + (b σ(t_next)/σ(t)) z,
+        x_mean = (x + b² s) / a,   x = x_mean + (b σ(t_next)/σ(t)) z:
 
     for VE the reference's x + (σ_i² − σ_{i−1}²) s with std √(σ_{i−1}²(σ_i² − σ_{i−1}²)/σ_i²), for VP
     DDPM's (x + β s)/√(1 − β) with its posterior variance β̃.
     """
     a, b = (float(v) for v in sde.transition(t_next, t))
-    _, std = sde.marginal(t)
-    _, std_next = sde.marginal(t_next)
-    x_mean = (x + b**2 * score_fn(x, _time_batch(t, x))) / a
-    return x_mean + b * float(std_next / std) * _noise_like(x, generator), x_mean
+    std, std_next = float(sde.marginal(t)[1]), float(sde.marginal(t_next)[1])
+    return 1 / a, b**2 / a, b * std_next / std
+
+
+PREDICTORS = {"euler_maruyama": euler_maruyama_coefficients, "reverse_diffusion": reverse_diffusion_coefficients,
+              "ancestral": ancestral_coefficients}
+
+
+def _predict(coefficients, score_fn, x, t, generator):
+    c1, c2, c3 = coefficients
+    x_mean = c1 * x + c2 * score_fn(x, _time_batch(t, x))
+    return x_mean + c3 * _noise_like(x, generator), x_mean
+
+
+def euler_maruyama_predictor(sde, score_fn, x, t, t_next, generator=None):
+    """One Euler–Maruyama step of the reverse SDE from t down to t_next (see
+    `euler_maruyama_coefficients`): returns (x, x_mean), x_mean being the update without its noise."""
+    return _predict(euler_maruyama_coefficients(sde, t, t_next), score_fn, x, t, generator)
+
+
+def reverse_diffusion_predictor(sde, score_fn, x, t, t_next, generator=None):
+    """One reverse-diffusion step from t down to t_next (see `reverse_diffusion_coefficients`):
+    returns (x, x_mean)."""
+    return _predict(reverse_diffusion_coefficients(sde, t, t_next), score_fn, x, t, generator)
+
+
+def ancestral_predictor(sde, score_fn, x, t, t_next, generator=None):
+    """One ancestral-sampling step from t down to t_next (see `ancestral_coefficients`):
+    returns (x, x_mean)."""
+    return _predict(ancestral_coefficients(sde, t, t_next), score_fn, x, t, generator)
+
+
+def predictor_step(name, sde, score_fn, x, t, t_next, generator=None):
+    """One step of the predictor `name` ('euler_maruyama', 'reverse_diffusion' or 'ancestral')
+    from t down to t_next: returns (x, x_mean)."""
+    if name not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {list(PREDICTORS)}; got {name!r}")
+    return _predict(PREDICTORS[name](sde, t, t_next), score_fn, x, t, generator)
 
 
 def _batch_norm(t):
@@ -268,8 +303,7 @@ def annealed_langevin_corrector(sde, score_fn, x, t, *, snr, n_steps=1, alpha=1.
     """Annealed-Langevin steps at the level of time t: ε = 2 α (r σ(t))², x ← x + ε s + √(2ε) z
     (the NCSN step rule of Chapter 6 with the step tied to σ(t))."""
     tb = _time_batch(t, x)
-    _, std = sde.marginal(t)
-    step = 2 * alpha * (snr * float(std)) ** 2
+    step = 2 * alpha * (snr * float(sde.marginal(t)[1])) ** 2
     x_mean = x
     for _ in range(n_steps):
         x_mean = x + step * score_fn(x, tb)
@@ -277,9 +311,7 @@ def annealed_langevin_corrector(sde, score_fn, x, t, *, snr, n_steps=1, alpha=1.
     return x, x_mean
 
 
-PREDICTORS = {"euler_maruyama": euler_maruyama_predictor, "reverse_diffusion": reverse_diffusion_predictor,
-              "ancestral": ancestral_predictor, None: None}
-CORRECTORS = {"langevin": langevin_corrector, "ald": annealed_langevin_corrector, None: None}
+CORRECTORS = {"langevin": langevin_corrector, "ald": annealed_langevin_corrector}
 
 
 def initial_state(sde, shape_or_x, generator=None, dtype=None, device=None):
@@ -320,28 +352,31 @@ def pc_sampler(sde, score_fn, shape_or_x, *, n_steps=1000, predictor="reverse_di
     Returns:
         (x, nfe): the samples and the number of score evaluations.
     """
-    if predictor not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {list(PREDICTORS)}; got {predictor!r}")
-    if corrector not in CORRECTORS:
-        raise ValueError(f"corrector must be one of {list(CORRECTORS)}; got {corrector!r}")
+    if predictor is not None and predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {list(PREDICTORS)} or None; got {predictor!r}")
+    if corrector is not None and corrector not in CORRECTORS:
+        raise ValueError(f"corrector must be one of {list(CORRECTORS)} or None; got {corrector!r}")
     if predictor is None and corrector is None:
         raise ValueError("pass a predictor, a corrector or both")
     _checks.non_negative_int(n_corrector_steps, "n_corrector_steps")
     if corrector is not None:
         _checks.positive_number(snr, "snr")
     ts = time_grid(sde, n_steps, grid, eps=eps).tolist()  # Python floats: no host syncs in the loop
+    steps = list(zip(ts[:-1], ts[1:]))
+    coefficients = [PREDICTORS[predictor](sde, t, t_next) for t, t_next in steps] if predictor else None
+    alphas = [float(sde.transition(t_next, t)[0]) ** 2 for t, t_next in steps]  # 1 for VE, 1 − β_i for VP
     x = initial_state(sde, shape_or_x, generator, dtype, device)
-    predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
+    correct = CORRECTORS.get(corrector)
     nfe = 0
     for i in trange(n_steps, disable=not progress, desc="PC sampler"):
-        t, t_next = ts[i], ts[i + 1]
+        t, t_next = steps[i]
+        x_mean = x
         if correct is not None:
-            alpha = float(sde.transition(t_next, t)[0]) ** 2  # 1 for VE, 1 − β_i for VP
-            x, x_mean = correct(sde, score_fn, x, t, snr=snr, n_steps=n_corrector_steps, alpha=alpha,
+            x, x_mean = correct(sde, score_fn, x, t, snr=snr, n_steps=n_corrector_steps, alpha=alphas[i],
                                 generator=generator)
             nfe += n_corrector_steps
-        if predict is not None:
-            x, x_mean = predict(sde, score_fn, x, t, t_next, generator)
+        if coefficients is not None:
+            x, x_mean = _predict(coefficients[i], score_fn, x, t, generator)
             nfe += 1
         if callback is not None:
             callback({"i": i, "t": t_next, "x": x, "x_mean": x_mean})
