@@ -13,7 +13,8 @@
    place of the sampler's).
 3. Overhead: wall time of a sampler divided by NFE × the time of one bare score call, for a toy
    MLP at batch 1,024 and for the image network (NCSNv2, ngf = 64, 28×28) at batch 16. 1.00 means
-   the loop costs nothing beyond its score calls.
+   the loop costs nothing beyond its score calls. Both times are the fastest of five runs, the
+   bare calls timed right before each sampler, so that other work on the machine affects both alike.
 """
 
 import argparse
@@ -105,17 +106,18 @@ def distribution_error(n=10_000, seeds=(1, 2, 3)):
     return {"n": n, "seeds": len(seeds), "floor_sliced_w2": floor[0], "floor_weight_error": floor[1], "rows": rows}
 
 
-def _seconds(fn, repeats=3):
-    fn()  # warm up
-    times = []
+def _min_seconds(fn, repeats):
+    """The fastest of `repeats` timed runs after a warm-up: the least disturbed by other work."""
+    fn()
+    best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
-def overhead():
+def overhead(repeats=5):
     torch.manual_seed(0)
     cases = {
         "toy MLP, batch 1024": (TimeConditioned(NoiseConditionalMLP(2, hidden=128, depth=3), SDE), (1024, 2), 100),
@@ -135,11 +137,17 @@ def overhead():
         net.eval()
         x = SDE.prior_sample(shape, generator=torch.Generator().manual_seed(0))
         t = torch.full(shape[:1], 0.5)
-        with torch.no_grad():
-            bare = _seconds(lambda: net(x, t), repeats=max(5, 2 * n))
+
+        @torch.no_grad()
+        def bare_calls(k):
+            for _ in range(k):
+                net(x, t)
+
         for name, run in samplers.items():
             _, nfe = run(net, x, n)
-            wall = _seconds(lambda: run(net, x, n))
+            # the same number of bare calls, timed in the same way right before: a paired baseline
+            bare = _min_seconds(lambda: bare_calls(nfe), repeats) / nfe
+            wall = _min_seconds(lambda: run(net, x, n), repeats)
             rows.append({"case": case, "sampler": name, "nfe": nfe, "ratio": wall / (nfe * bare), "bare_ms": 1e3 * bare})
     return rows
 

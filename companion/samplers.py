@@ -253,24 +253,6 @@ def _predict(coefficients, score_fn, x, t, generator):
     return x_mean + c3 * _noise_like(x, generator), x_mean
 
 
-def euler_maruyama_predictor(sde, score_fn, x, t, t_next, generator=None):
-    """One Euler–Maruyama step of the reverse SDE from t down to t_next (see
-    `euler_maruyama_coefficients`): returns (x, x_mean), x_mean being the update without its noise."""
-    return _predict(euler_maruyama_coefficients(sde, t, t_next), score_fn, x, t, generator)
-
-
-def reverse_diffusion_predictor(sde, score_fn, x, t, t_next, generator=None):
-    """One reverse-diffusion step from t down to t_next (see `reverse_diffusion_coefficients`):
-    returns (x, x_mean)."""
-    return _predict(reverse_diffusion_coefficients(sde, t, t_next), score_fn, x, t, generator)
-
-
-def ancestral_predictor(sde, score_fn, x, t, t_next, generator=None):
-    """One ancestral-sampling step from t down to t_next (see `ancestral_coefficients`):
-    returns (x, x_mean)."""
-    return _predict(ancestral_coefficients(sde, t, t_next), score_fn, x, t, generator)
-
-
 def predictor_step(name, sde, score_fn, x, t, t_next, generator=None):
     """One step of the predictor `name` ('euler_maruyama', 'reverse_diffusion' or 'ancestral')
     from t down to t_next: returns (x, x_mean)."""

@@ -502,3 +502,68 @@ def perturbed_mixture_explorer(mixture=None, xlim=(-10, 10), ylim=(-10, 10), n_a
     sigma.observe(redraw, names="value")
     redraw()
     return widgets.VBox([sigma, out])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 9 (reversing time): flawed "samplers" found in one of the source notes, reproduced so that
+# the chapter can show what they produce next to the correct ones. They are wrong on purpose; only
+# the crashes are fixed (a batch is flattened, gradients are off), never the maths.
+
+
+def flawed_euler_ode(score_fn, x, n_steps=100, dt=0.01):
+    """The flawed `euler_ode_sampler`: x ← x − dt·s(x), n_steps times, with a score that takes no
+    time. For s(x) = −x it multiplies x by (1 + dt)^n_steps: away from the data."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(n_steps):
+            x = x - dt * score_fn(x)
+    return x
+
+
+def flawed_heun_ode(score_fn, x, n_steps=100, dt=0.01):
+    """The flawed `heun_ode_sampler`: k₁ = −s(x), k₂ = −s(x + dt k₁), x ← x + dt (k₁ + k₂)/2."""
+    import torch
+
+    with torch.no_grad():
+        for _ in range(n_steps):
+            k1 = -score_fn(x)
+            k2 = -score_fn(x + dt * k1)
+            x = x + 0.5 * dt * (k1 + k2)
+    return x
+
+
+def flawed_adaptive_ode(score_fn, x, T=1.0, tol=1e-5):
+    """The flawed `adaptive_ode_sampler`: scipy's RK45 on dx/dt = −s(x) from t = T to 0, the
+    batch flattened into one state (the source handles one sample and crashes on a tensor that
+    requires grad; both are fixed here, the drift is not)."""
+    import torch
+    from scipy.integrate import solve_ivp
+
+    shape, dtype = x.shape, x.dtype
+
+    def rhs(t, y):
+        with torch.no_grad():
+            return -score_fn(torch.from_numpy(y).reshape(shape).to(dtype)).reshape(-1).double().numpy()
+
+    sol = solve_ivp(rhs, (T, 0.0), x.reshape(-1).double().numpy(), method="RK45", rtol=tol, atol=tol)
+    return torch.from_numpy(sol.y[:, -1]).reshape(shape).to(dtype)
+
+
+def flawed_sde_sampler(sde, score_fn, x, n_steps=1000, generator=None):
+    """The flawed `sde_sampler` for VP: it evaluates the score and never uses it, and steps
+    x ← x + f(x, t) Δt + g(t) √Δt z with the *forward* drift f = −½β(t) x while t decreases, so it
+    simulates the forward process and returns about N(0, I) whatever the data. `score_fn(x, t)` is
+    called, as in the source, and ignored."""
+    import torch
+
+    dt = sde.T / n_steps
+    with torch.no_grad():
+        for i in reversed(range(n_steps)):
+            t = i * dt
+            tb = torch.full(x.shape[:1], t, dtype=x.dtype)
+            _ = score_fn(x, tb)  # computed and discarded, as in the source
+            drift = sde.drift(x, tb)
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = x + drift * dt + float(sde.diffusion(t)) * dt**0.5 * noise
+    return x

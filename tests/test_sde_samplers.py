@@ -14,7 +14,7 @@ import torch
 
 from companion.distributions import Gaussian, GaussianMixture
 from companion.ode import bits_per_dim, log_likelihood, ode_sampler
-from companion.samplers import ancestral_predictor, langevin_corrector, pc_sampler, reverse_diffusion_predictor
+from companion.samplers import langevin_corrector, pc_sampler, predictor_step
 from companion.sde import SubVPSDE, VESDE, VPSDE
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -126,14 +126,14 @@ def test_ancestral_and_reverse_diffusion_match_the_reference_formulas():
     si, sj = float(ve.marginal(t)[1]), float(ve.marginal(t_next)[1])
     s = score(x, torch.full((8,), t))
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    got, _ = ancestral_predictor(ve, score, x, t, t_next, torch.Generator().manual_seed(1))
+    got, _ = predictor_step("ancestral", ve, score, x, t, t_next, torch.Generator().manual_seed(1))
     assert torch.allclose(got, x + (si**2 - sj**2) * s + math.sqrt(sj**2 * (si**2 - sj**2) / si**2) * z)
-    got, _ = reverse_diffusion_predictor(ve, score, x, t, t_next, torch.Generator().manual_seed(1))
+    got, _ = predictor_step("reverse_diffusion", ve, score, x, t, t_next, torch.Generator().manual_seed(1))
     assert torch.allclose(got, x + (si**2 - sj**2) * s + math.sqrt(si**2 - sj**2) * z)
     vp = VPSDE()
     score = mixture().marginal_score(vp)
     beta = 1 - float(vp.marginal(t)[0] / vp.marginal(t_next)[0]) ** 2
-    _, mean = ancestral_predictor(vp, score, x, t, t_next)
+    _, mean = predictor_step("ancestral", vp, score, x, t, t_next)
     assert torch.allclose(mean, (x + beta * score(x, torch.full((8,), t))) / math.sqrt(1 - beta))
 
 
@@ -145,8 +145,8 @@ def test_vp_ancestral_and_reverse_diffusion_agree_to_second_order():
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
     gaps = []
     for h in (0.02, 0.01, 0.005):
-        a = ancestral_predictor(vp, score, x, 0.5, 0.5 - h)[1]
-        b = reverse_diffusion_predictor(vp, score, x, 0.5, 0.5 - h)[1]
+        a = predictor_step("ancestral", vp, score, x, 0.5, 0.5 - h)[1]
+        b = predictor_step("reverse_diffusion", vp, score, x, 0.5, 0.5 - h)[1]
         gaps.append(float((a - b).norm()))
     assert gaps[0] / gaps[1] == pytest.approx(4, rel=0.1)
     assert gaps[1] / gaps[2] == pytest.approx(4, rel=0.1)
