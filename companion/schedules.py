@@ -48,6 +48,16 @@ def cosine(sigma_max, sigma_min, n, dtype=torch.float64):
     return sigma_min + (sigma_max - sigma_min) * (1 + torch.cos(math.pi * u)) / 2
 
 
+def edm(sigma_max, sigma_min, n, rho=7.0, dtype=torch.float64):
+    """The ρ-schedule of Karras et al. (2022): σ_i = (σ_max^{1/ρ} + (i−1)/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ,
+    equally spaced in σ^{1/ρ}: ρ = 1 is `linear`, ρ → ∞ tends to `geometric`, and ρ = 7 puts
+    more levels at small σ than the geometric schedule does (Chapter 9)."""
+    _check_range(sigma_max, sigma_min, n)
+    _checks.positive_number(rho, "rho")
+    u = torch.linspace(0, 1, n, dtype=dtype)
+    return (sigma_max ** (1 / rho) + u * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
 def check_decreasing(sigmas, name="sigmas"):
     """Return sigmas as a 1-D tensor after checking that they are positive and strictly decreasing."""
     sigmas = _checks.as_float_tensor(sigmas, name)

@@ -49,6 +49,14 @@ def batch_view(c, x):
     return c.reshape(-1, *([1] * (x.ndim - 1))) if c.ndim == 1 else c
 
 
+def _increasing_pair(low, high, low_name, high_name):
+    _checks.positive_number(low, low_name)
+    _checks.positive_number(high, high_name)
+    if not high > low:
+        raise ValueError(f"{high_name} must exceed {low_name}; got {high_name}={high}, {low_name}={low}")
+    return float(low), float(high)
+
+
 def _sum_except_batch(t):
     return t.reshape(t.shape[0], -1).sum(-1)
 
@@ -170,11 +178,7 @@ class VESDE(SDE):
     default_eps = 1e-5
 
     def __init__(self, sigma_min=0.01, sigma_max=50.0):
-        _checks.positive_number(sigma_min, "sigma_min")
-        _checks.positive_number(sigma_max, "sigma_max")
-        if not sigma_max > sigma_min:
-            raise ValueError(f"sigma_max must exceed sigma_min; got {sigma_max} <= {sigma_min}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_min, self.sigma_max = _increasing_pair(sigma_min, sigma_max, "sigma_min", "sigma_max")
 
     @property
     def prior_std(self):
@@ -216,11 +220,7 @@ class VPSDE(SDE):
     continuous limit of the DDPM chain x_i = √(1 − β_i) x_{i−1} + √β_i z). Prior N(0, I)."""
 
     def __init__(self, beta_min=0.1, beta_max=20.0):
-        _checks.positive_number(beta_min, "beta_min")
-        _checks.positive_number(beta_max, "beta_max")
-        if not beta_max > beta_min:
-            raise ValueError(f"beta_max must exceed beta_min; got {beta_max} <= {beta_min}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.beta_min, self.beta_max = _increasing_pair(beta_min, beta_max, "beta_min", "beta_max")
 
     def beta(self, t):
         return self.beta_min + _as_time(t) * (self.beta_max - self.beta_min)
@@ -302,6 +302,7 @@ def time_grid(sde, n_steps, kind="uniform", *, eps=None, rho=7.0):
         return torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64)
     lo, hi = float(sde.noise_level(eps)), float(sde.noise_level(sde.T))
     u = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64)
+    # the levels of schedules.geometric and schedules.edm (sde depends on no other module)
     if kind == "geometric":
         levels = hi * (lo / hi) ** u
     elif kind == "edm":

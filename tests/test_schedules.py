@@ -83,3 +83,16 @@ def test_step_size_minimises_the_gap_to_one():
         assert schedules.ncsnv2_variance_ratio(eps * factor, sigma, gamma, T) > best
     assert eps == pytest.approx(6.2e-6, rel=0.05)  # the step NCSNv2 reports for this setting
     assert 1 < best < 1.1  # the ratio cannot reach 1: see ncsnv2_variance_ratio
+
+
+def test_edm_schedule_interpolates_between_linear_and_geometric():
+    """ρ = 1 is the linear schedule; equal steps in σ^{1/ρ}; a large ρ approaches the geometric one."""
+    edm, linear, geometric = schedules.edm, schedules.linear, schedules.geometric
+    assert torch.allclose(edm(10.0, 0.1, 6, rho=1.0), linear(10.0, 0.1, 6))
+    s = edm(80.0, 0.002, 18, rho=7.0)
+    assert s[0] == pytest.approx(80.0) and s[-1] == pytest.approx(0.002) and (s.diff() < 0).all()
+    steps = (s ** (1 / 7)).diff()
+    assert torch.allclose(steps, steps[0].expand(17))
+    assert torch.allclose(edm(10.0, 0.1, 6, rho=1e4), geometric(10.0, 0.1, 6), rtol=1e-3)
+    with pytest.raises(ValueError, match="rho"):
+        edm(10.0, 0.1, 6, rho=0.0)

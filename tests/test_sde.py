@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
+from companion import schedules
 from companion.distributions import Gaussian, GaussianMixture
 from companion.losses import sde_loss
 from companion.sde import (SDES, SubVPSDE, VESDE, VPSDE, noise_prediction_from_score, score_from_noise_prediction,
@@ -152,10 +153,10 @@ def test_time_grids(sde):
     levels = sde.noise_level(time_grid(sde, 12, "geometric"))
     ratios = levels[1:] / levels[:-1]
     assert torch.allclose(ratios, ratios[0].expand(12), rtol=1e-8)
-    rho = 7.0
-    levels = sde.noise_level(time_grid(sde, 12, "edm", rho=rho))
-    assert torch.allclose(levels ** (1 / rho), torch.linspace(float(levels[0]) ** (1 / rho),
-                                                              float(levels[-1]) ** (1 / rho), 13), rtol=1e-8)
+    levels = sde.noise_level(time_grid(sde, 12, "edm", rho=7.0))
+    assert torch.allclose(levels, schedules.edm(float(levels[0]), float(levels[-1]), 13, rho=7.0), rtol=1e-8)
+    levels = sde.noise_level(time_grid(sde, 12, "geometric"))
+    assert torch.allclose(levels, schedules.geometric(float(levels[0]), float(levels[-1]), 13), rtol=1e-8)
 
 
 def test_bad_arguments_raise():
