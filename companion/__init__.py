@@ -16,6 +16,7 @@ Modules (each docstring cites its chapter):
     train          training loops with checkpoints, resumption and data parallelism
     metrics        MMD, sliced Wasserstein, the digit classifier and its Fréchet distance
     pretrained     score models from checkpoints; the shipped MNIST model
+    exercises      checkers students call on their own implementations of the exercises
     plotting, widgets   figures and interactive controls used by the chapters
 Command line: python -m companion --help (train, sample, evaluate, classifier, export)
 """

@@ -1,7 +1,10 @@
-"""Data sets: toy 2-D point clouds for the chapters on learning the score.
+"""Data sets (Chapters 3 to 7): toy 2-D point clouds for the chapters on learning the score, MNIST
+from IDX files or an .npz (Chapter 7), scikit-learn's bundled 8×8 digits (Chapter 6) and uniform
+dequantisation.
 
-Each function returns a float tensor [n, 2] drawn with an explicit generator, so a chapter gets
-the same points on every run. Shapes are scaled to a spread of a few units around the origin.
+Each toy function returns a float tensor [n, 2] drawn with an explicit generator, so a chapter
+gets the same points on every run. Shapes are scaled to a spread of a few units around the
+origin.
 """
 
 import math
@@ -16,7 +19,9 @@ def _uniform(n, generator):
 
 
 def swiss_roll(n, *, noise=0.1, generator=None):
-    """A 2-D Swiss roll: the spiral (t cos t, t sin t) / 3 for t in [1.5π, 4.5π], plus Gaussian noise."""
+    """A 2-D Swiss roll: the spiral (t cos t, t sin t) / 3 for t in [1.5π, 4.5π], plus Gaussian noise
+    of std ``noise`` (the toy data of Chapter 4's exercises). Returns an [n, 2] tensor.
+    """
     _checks.non_negative_int(n, "n")
     t = 1.5 * math.pi * (1 + 2 * _uniform(n, generator))
     x = torch.stack([t * torch.cos(t), t * torch.sin(t)], -1) / 3
@@ -24,7 +29,9 @@ def swiss_roll(n, *, noise=0.1, generator=None):
 
 
 def moons(n, *, noise=0.1, generator=None):
-    """Two interleaving half circles, centred and scaled to about [-2, 2]²."""
+    """Two interleaving half circles, centred and scaled to about [−2, 2]², plus Gaussian noise of std
+    ``noise``: toy data for learning a score (Chapters 3 and 4). Returns an [n, 2] tensor.
+    """
     _checks.non_negative_int(n, "n")
     upper = _uniform(n, generator) < 0.5
     t = math.pi * _uniform(n, generator)
@@ -34,7 +41,10 @@ def moons(n, *, noise=0.1, generator=None):
 
 
 def rings(n, *, radii=(1.0, 2.0, 3.0), noise=0.08, generator=None):
-    """Concentric circles with equal numbers of points per unit length."""
+    """Concentric circles of the given ``radii`` with equal numbers of points per unit length, plus
+    Gaussian noise of std ``noise``: toy data for learning a score (Chapters 3 and 4). Returns an
+    [n, 2] tensor.
+    """
     _checks.non_negative_int(n, "n")
     radii = torch.as_tensor(radii, dtype=torch.get_default_dtype())
     k = torch.multinomial(radii / radii.sum(), n, replacement=True, generator=generator)
@@ -44,7 +54,9 @@ def rings(n, *, radii=(1.0, 2.0, 3.0), noise=0.08, generator=None):
 
 
 def checkerboard(n, *, squares=4, size=4.0, generator=None):
-    """Uniform on the black squares of a squares × squares board of side `size`, centred at 0."""
+    """Uniform on the black squares of a ``squares`` × ``squares`` board of side ``size``, centred at 0:
+    toy data with sharp edges for learning a score (Chapters 3 and 4). Returns an [n, 2] tensor.
+    """
     _checks.non_negative_int(n, "n")
     cell = size / squares
     i = torch.randint(0, squares, (n,), generator=generator)
@@ -88,12 +100,13 @@ def _find_idx(folder, stem):
 
 
 def load_mnist(path, split="train"):
-    """MNIST digits as (images uint8 [N, 28, 28], labels int64 [N]) (LeCun et al. 1998).
+    """MNIST digits (LeCun et al. 1998) as a pair (images uint8 [N, 28, 28], labels int64 [N]), the
+    data of Chapter 7.
 
-    `path` is either an .npz file with arrays `images` and `labels`, or a folder holding the four
-    IDX files (plain or .gz), directly or in torchvision's layout MNIST/raw/. `split` chooses the
-    IDX pair ('train' or 'test'); an .npz holds whatever it holds. To fetch the IDX files where a
-    network is available, use `download_mnist`.
+    ``path`` is either an .npz file with arrays ``images`` and ``labels``, or a folder holding the
+    four IDX files (plain or .gz), directly or in torchvision's layout MNIST/raw/. ``split`` chooses
+    the IDX pair (``'train'`` or ``'test'``); an .npz holds whatever it holds. To fetch the IDX files
+    where a network is available, use ``download_mnist``.
     """
     from pathlib import Path
 
@@ -117,7 +130,12 @@ def load_mnist(path, split="train"):
 
 
 def download_mnist(root, url=MNIST_URL):
-    """Download the four gzipped MNIST IDX files into `root` (where a network is available)."""
+    """Download the four gzipped MNIST IDX files into ``root`` where a network is available, skipping
+    files already there, and return ``root`` (Chapter 7).
+
+    Raises:
+        RuntimeError: if a download fails.
+    """
     import urllib.error
     import urllib.request
     from pathlib import Path
@@ -138,8 +156,9 @@ def download_mnist(root, url=MNIST_URL):
 
 
 def sklearn_digits():
-    """scikit-learn's bundled 8×8 digits (1,797 images, 17 grey levels) as (uint8 [N, 8, 8] with
-    values 0–16, labels int64 [N]); no download needed."""
+    """scikit-learn's bundled 8×8 digits (1,797 images, 17 grey levels) as a pair (uint8 [N, 8, 8]
+    with values 0–16, labels int64 [N]); no download needed. The data of Chapter 6, A live run.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -148,8 +167,9 @@ def sklearn_digits():
 
 def dequantize(images, levels=256, generator=None):
     """Uniform dequantisation to [0, 1): (k + u) / levels for integer pixels k, u ~ U(0, 1), as the
-    NCSN reference does for 8-bit images. Returns float [N, 1, H, W] (a channel axis is added to
-    [N, H, W] input)."""
+    NCSN reference does for 8-bit images (Chapter 6, Preprocessing, loss and optimisation,
+    evaluation). Returns float [N, 1, H, W] (a channel axis is added to [N, H, W] input).
+    """
     if images.dtype != torch.uint8:
         raise ValueError(f"images must be integer pixel values (uint8); got {images.dtype}")
     x = images.to(torch.get_default_dtype())

@@ -1,10 +1,11 @@
-"""Analytic targets with exact log-density, score and sampler.
+"""Analytic targets with exact log-density, score and sampler (Chapters 1 to 9).
 
 A Gaussian and a Gaussian mixture with full covariances in any dimension. Their scores are
-written in closed form (no autograd), and `perturb(sigma)` returns the exact law of x + sigma z,
-z ~ N(0, I): a mixture convolved with a Gaussian is again a mixture, with every covariance
-increased by sigma^2 I. These are the ground truth the samplers and losses are tested against
-(Chapters 1 and 2).
+written in closed form (no autograd), and ``perturb(sigma)`` returns the exact law of
+x + sigma z, z ~ N(0, I): a mixture convolved with a Gaussian is again a mixture, with every
+covariance increased by sigma² I. ``at(sde, t)`` and ``marginal_score(sde)`` do the same for the
+marginals of a score SDE. These are the ground truth the samplers and losses are tested against
+(Chapter 2, The score of a Gaussian mixture).
 
 Points are tensors of shape [..., D]; every method is batched over the leading dimensions.
 """
@@ -27,17 +28,16 @@ def _cholesky(covs, name):
 
 
 class GaussianMixture:
-    """p(x) = sum_k w_k N(x; mu_k, Sigma_k).
+    """p(x) = Σ_k w_k N(x; μ_k, Σ_k) (Chapter 2, The score of a Gaussian mixture).
+
+    The score is the responsibility-weighted average of the component scores,
+    ∇log p(x) = Σ_k r_k(x) (−Σ_k⁻¹ (x − μ_k)), r_k = softmax_k(log w_k + log N_k(x)),
+    with the responsibilities computed in log space so that it stays exact far from every mode.
 
     Args:
         weights: [K] non-negative, summing to 1.
         means: [K, D].
         covs: [K, D, D] symmetric positive definite.
-
-    The score is the responsibility-weighted average of the component scores,
-    grad log p(x) = sum_k r_k(x) (-Sigma_k^{-1} (x - mu_k)),  r_k = softmax_k(log w_k + log N_k(x)),
-    with the responsibilities computed in log space so that it stays exact far from every mode
-    (Chapter 2).
     """
 
     def __init__(self, weights, means, covs):
@@ -63,7 +63,9 @@ class GaussianMixture:
 
     @classmethod
     def isotropic(cls, weights, means, variances):
-        """Mixture whose k-th component has covariance variances[k] * I."""
+        """A mixture whose k-th component has covariance variances[k] · I (``variances`` a [K] tensor or
+        one number for all) (Chapter 2).
+        """
         means = _checks.as_float_tensor(means, "means")
         variances = _checks.as_float_tensor(variances, "variances", dtype=means.dtype, device=means.device)
         if variances.ndim == 0:
@@ -73,10 +75,12 @@ class GaussianMixture:
 
     @property
     def dim(self):
+        """The dimension D (Chapter 2)."""
         return self.means.shape[-1]
 
     @property
     def n_components(self):
+        """The number of components K (Chapter 2)."""
         return self.means.shape[0]
 
     def _component_log_probs(self, x):
@@ -89,24 +93,24 @@ class GaussianMixture:
         return self.weights.log() + self._log_norm - 0.5 * maha, diff
 
     def log_prob(self, x):
-        """log p(x), shape [...]."""
+        """log p(x), shape [...] (Chapter 2)."""
         logits, _ = self._component_log_probs(x)
         return torch.logsumexp(logits, dim=-1)
 
     def responsibilities(self, x):
-        """Posterior component probabilities r_k(x) = p(k | x), shape [..., K]."""
+        """Posterior component probabilities r_k(x) = p(k | x), shape [..., K] (Chapter 2)."""
         logits, _ = self._component_log_probs(x)
         return torch.softmax(logits, dim=-1)
 
     def score(self, x):
-        """grad_x log p(x) in closed form, shape [..., D]."""
+        """∇ₓ log p(x) in closed form, shape [..., D] (Chapter 2, The score of a Gaussian mixture)."""
         logits, diff = self._component_log_probs(x)
         r = torch.softmax(logits, dim=-1)
         component_scores = -torch.einsum("kij,...kj->...ki", self._precision, diff)  # [..., K, D]
         return (r[..., None] * component_scores).sum(-2)
 
     def sample(self, n, generator=None):
-        """n independent samples, shape [n, D]."""
+        """``n`` independent samples, shape [n, D] (Chapter 1)."""
         _checks.non_negative_int(n, "n")
         device = self.means.device
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -114,7 +118,9 @@ class GaussianMixture:
         return self.means[k] + (self._chol[k] @ z[..., None])[..., 0]
 
     def perturb(self, sigma):
-        """The exact law of x + sigma z with z ~ N(0, I): every covariance grows by sigma^2 I."""
+        """The exact law p_σ of x + sigma z with z ~ N(0, I): every covariance grows by sigma² I
+        (Chapter 4, Perturbed densities).
+        """
         _checks.positive_number(sigma, "sigma")
         eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
         return self._with(self.means, self.covs + sigma**2 * eye)
@@ -124,8 +130,9 @@ class GaussianMixture:
 
     def at(self, sde, t):
         """The exact law p_t of x_t = α(t) x₀ + σ(t) z under a score SDE at one time t (a number):
-        every component N(μ_k, Σ_k) becomes N(α μ_k, α² Σ_k + σ² I) (Chapter 8). `sde` only needs
-        a method marginal(t) -> (α, σ)."""
+        every component N(μ_k, Σ_k) becomes N(α μ_k, α² Σ_k + σ² I) (Chapter 8). ``sde`` only needs
+        a method marginal(t) -> (α, σ).
+        """
         alpha, std = (float(v) for v in sde.marginal(float(t)))
         eye = torch.eye(self.dim, dtype=self.means.dtype, device=self.means.device)
         return self._with(alpha * self.means, alpha**2 * self.covs + std**2 * eye)
@@ -151,7 +158,8 @@ class GaussianMixture:
 
     def marginal_score(self, sde):
         """s(x, t) = ∇ log p_t(x) in closed form for a [batch] tensor (or a number) t: the exact
-        score every SDE sampler is tested against (Chapter 9)."""
+        score every SDE sampler is tested against (Chapter 9). Returns a callable (x, t) -> s(x, t).
+        """
 
         def score_fn(x, t):
             alpha, std = self._marginal_at(sde, t, x)
@@ -161,7 +169,7 @@ class GaussianMixture:
         return score_fn
 
     def marginal_log_prob(self, sde, x, t):
-        """log p_t(x) for a [batch] tensor (or a number) t."""
+        """log p_t(x) under a score SDE for a [batch] tensor (or a number) t (Chapters 8 and 9)."""
         alpha, std = self._marginal_at(sde, t, x)
         logits, _ = self._diffused_logits(x, alpha, std)
         return torch.logsumexp(logits, -1)
@@ -173,12 +181,13 @@ class GaussianMixture:
         return alpha.to(x.dtype).expand(shape), std.to(x.dtype).expand(shape)
 
     def posterior_mean(self, y, sigma):
-        """E[x | x + sigma z = y], computed from the component posteriors (not from the score):
+        """E[x | x + sigma z = y], computed from the component posteriors (not from the score)::
 
-            sum_k r_k(y) [mu_k + Sigma_k (Sigma_k + sigma^2 I)^{-1} (y - mu_k)],
+            Σ_k r_k(y) [μ_k + Σ_k (Σ_k + sigma² I)⁻¹ (y − μ_k)],
 
         with r_k the responsibilities under the perturbed mixture. Tweedie's formula says this
-        equals y + sigma^2 grad log p_sigma(y) (Chapter 4); this is the independent ground truth.
+        equals y + sigma² ∇log p_σ(y) (Chapter 4, Tweedie's formula); this is the independent ground
+        truth.
         """
         q = self.perturb(sigma)
         r = q.responsibilities(y)
@@ -187,17 +196,17 @@ class GaussianMixture:
         return (r[..., None] * components).sum(-2)
 
     def mean(self):
-        """E[x] = sum_k w_k mu_k."""
+        """E[x] = Σ_k w_k μ_k (Chapter 2)."""
         return self.weights @ self.means
 
     def covariance(self):
-        """Cov[x] = sum_k w_k (Sigma_k + mu_k mu_k^T) - E[x] E[x]^T."""
+        """Cov[x] = Σ_k w_k (Σ_k + μ_k μ_kᵀ) − E[x] E[x]ᵀ (Chapter 2)."""
         m = self.mean()
         second = (self.weights[:, None, None] * (self.covs + self.means[:, :, None] * self.means[:, None, :])).sum(0)
         return second - torch.outer(m, m)
 
     def to(self, device=None, dtype=None):
-        """A copy on another device or dtype (for sampling on a GPU)."""
+        """A copy on another device or dtype, e.g. for sampling on a GPU (Chapter 2)."""
         return GaussianMixture(*(t.to(device=device, dtype=dtype) for t in (self.weights, self.means, self.covs)))
 
     def __repr__(self):
@@ -205,9 +214,12 @@ class GaussianMixture:
 
 
 class Gaussian(GaussianMixture):
-    """N(mean, cov): a mixture with one component, with its closed forms written directly.
+    """N(mean, cov): a mixture with one component, with its closed forms written directly
+    (Chapter 2, The score of a Gaussian). score(x) = −cov⁻¹ (x − mean).
 
-    score(x) = -cov^{-1} (x - mean).
+    Args:
+        mean: [D].
+        cov: [D, D] symmetric positive definite.
     """
 
     def __init__(self, mean, cov):
@@ -224,10 +236,12 @@ class Gaussian(GaussianMixture):
         return Gaussian(means[0], covs[0])
 
     def score(self, x):
+        """−cov⁻¹ (x − mean), shape [..., D] (Chapter 2, The score of a Gaussian)."""
         _checks.last_dim(x, self.dim)
         return -(x - self.means[0]) @ self._precision[0]
 
     def to(self, device=None, dtype=None):
+        """A copy on another device or dtype, again a ``Gaussian`` (Chapter 2)."""
         return Gaussian(*(t.to(device=device, dtype=dtype) for t in (self.means[0], self.covs[0])))
 
     def __repr__(self):

@@ -1,19 +1,35 @@
-"""Score-matching objectives (Part II of the book).
+"""Score-matching objectives (Chapters 3, 4, 5 and 9).
 
-Every loss is a plain function `loss(score_fn, x, ...) -> tensor`. Unless a docstring says
+Every loss is a plain function ``loss(score_fn, x, ...) -> tensor``. Unless a docstring says
 otherwise a per-sample value is a **sum over dimensions** carrying the ½ written in its formula,
-and `reduction='mean'` (the default) averages over the batch; `reduction='sum'` sums and
-`reduction='none'` returns the [batch] per-sample values. Images and other [batch, ...] inputs
-are handled by flattening each sample: `score_fn` receives and returns tensors of x's shape.
+and ``reduction='mean'`` (the default) averages over the batch; ``reduction='sum'`` sums and
+``reduction='none'`` returns the [batch] per-sample values. Images and other [batch, ...] inputs
+are handled by flattening each sample: ``score_fn`` receives and returns tensors of x's shape.
 
-| loss | per-sample value | needs |
-| --- | --- | --- |
-| `esm_loss` | ½‖s(x) − ∇log p(x)‖² | the true score (Chapter 3) |
-| `ism_loss` | ½‖s(x)‖² + tr ∇ₓs(x) | the Jacobian trace, exact or estimated (Hyvärinen 2005) |
-| `ssm_loss` | vᵀ∇ₓs(x) v + ½(vᵀs(x))², or ½‖s‖² with SSM-VR | one Jacobian-vector product per projection (Song et al. 2019) |
-| `dsm_loss` | ½‖s(x + σz) + z/σ‖² | nothing but noise (Vincent 2011; Chapter 4) |
-| `ncsn_loss` | ½ λ(σ)‖s(x + σz, σ) + z/σ‖², σ drawn from the levels | a noise-conditional model (Song & Ermon 2019; Chapter 5) |
-| `sde_loss` | ½ λ(t)‖s(α x + σ z, t) + z/σ‖², t ~ U(eps, T) | a time-conditional model and an SDE (Song et al. 2021; Chapter 9) |
+.. list-table::
+   :header-rows: 1
+
+   * - loss
+     - per-sample value
+     - needs
+   * - ``esm_loss``
+     - ½‖s(x) − ∇log p(x)‖²
+     - the true score (Hyvärinen 2005; Chapter 3)
+   * - ``ism_loss``
+     - ½‖s(x)‖² + tr ∇ₓs(x)
+     - the Jacobian trace, exact or estimated (Hyvärinen 2005; Chapter 3)
+   * - ``ssm_loss``
+     - vᵀ∇ₓs(x) v + ½(vᵀs(x))², or vᵀ∇ₓs(x) v + ½‖s(x)‖² with SSM-VR
+     - one Jacobian-vector product per projection (Song, Garg, Shi & Ermon 2019; Chapter 3)
+   * - ``dsm_loss``
+     - ½‖s(x + σz) + z/σ‖²
+     - nothing but noise (Vincent 2011; Chapter 4)
+   * - ``ncsn_loss``
+     - ½ λ(σ)‖s(x + σz, σ) + z/σ‖², σ drawn from the levels
+     - a noise-conditional model (Song & Ermon 2019; Chapter 5)
+   * - ``sde_loss``
+     - ½ λ(t)‖s(α x + σ z, t) + z/σ‖², t ~ U(eps, T)
+     - a time-conditional model and an SDE (Song et al. 2021; Chapter 9)
 """
 
 import torch
@@ -62,13 +78,22 @@ def _probes(shape, probe, generator, like):
 
 
 def jacobian_trace(score_fn, x, *, method="vectorized"):
-    """tr ∇ₓs(x) for every sample, exactly, shape [batch]; differentiable in the parameters.
+    """tr ∇ₓs(x) for every sample, exactly, shape [batch]; differentiable in the parameters. The term
+    of implicit score matching (Hyvärinen 2005) whose cost grows with the dimension (Chapter 3, The
+    cost of the Jacobian trace).
 
-    method='loop': D backward passes, one per input dimension, each keeping the graph — the
-        direct transcription of the formula, and the baseline of the cost benchmark.
-    method='vectorized': the per-sample Jacobian by reverse-mode products batched with
-        torch.func (vmap of jacrev). Same arithmetic, one batched call; it requires a score_fn
-        that treats samples independently (no batch statistics) and takes O(batch·D²) memory.
+    Args:
+        score_fn: a callable x -> s(x), same shape as x.
+        x: [batch, ...] points.
+        method: ``'loop'``, D backward passes, one per input dimension, each keeping the graph: the
+            direct transcription of the formula, and the baseline of the cost benchmark. Or
+            ``'vectorized'`` (the default), the per-sample Jacobian by reverse-mode products batched
+            with torch.func (vmap of jacrev): the same arithmetic in one batched call; it requires a
+            ``score_fn`` that treats samples independently (no batch statistics) and takes
+            O(batch·D²) memory.
+
+    Returns:
+        A [batch] tensor.
     """
     _checks.batch(x)
     if method == "loop":
@@ -102,11 +127,20 @@ def _score_and_jvp_quadratic(score_fn, x, v):
 
 
 def hutchinson_trace(score_fn, x, *, n_probes=1, probe="rademacher", generator=None):
-    """Hutchinson's unbiased estimate of tr ∇ₓs(x): the mean over probes of vᵀ∇ₓs(x) v with
-    E[v vᵀ] = I (Hutchinson 1989; Chapter 3). One backward pass for all probes. Shape [batch].
+    """Hutchinson's unbiased estimate of tr ∇ₓs(x), shape [batch]: the mean over ``n_probes`` probes
+    of vᵀ∇ₓs(x) v with E[v vᵀ] = I (Hutchinson 1989; Chapter 3, Hutchinson's trace estimator). One
+    backward pass serves all probes.
 
     Its variance for a fixed Jacobian J is 2‖J_sym‖²_F / n_probes for Gaussian probes and
     2(‖J_sym‖²_F − Σᵢ Jᵢᵢ²) / n_probes for Rademacher probes, which is never larger.
+
+    Args:
+        score_fn: a callable x -> s(x), same shape as x.
+        x: [batch, ...] points.
+        n_probes: the number of probes averaged, a positive integer.
+        probe: ``'rademacher'`` (entries ±1), ``'gaussian'`` (N(0, I)) or ``'sphere'`` (uniform on
+            the sphere of radius √D, so that E[v vᵀ] = I as well).
+        generator: the torch.Generator of the probes.
     """
     _checks.batch(x)
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
@@ -117,10 +151,17 @@ def hutchinson_trace(score_fn, x, *, n_probes=1, probe="rademacher", generator=N
 
 
 def esm_loss(score_fn, x, true_score_fn, *, reduction="mean"):
-    """Explicit score matching, the Fisher divergence: ½ E‖s(x) − ∇log p(x)‖² (Chapter 3).
+    """Explicit score matching, the Fisher divergence ½ E‖s(x) − ∇log p(x)‖² (Hyvärinen 2005;
+    Chapter 3, The Fisher divergence and why it cannot be computed).
 
     Only usable when the true score is known (a test case, or a known target as in
-    `companion.distributions`); it is the quantity the other losses match up to a constant.
+    ``companion.distributions``); it is the quantity the other losses match up to a constant.
+
+    Args:
+        score_fn: the model, a callable x -> s(x).
+        x: [batch, ...] samples of p.
+        true_score_fn: the callable x -> ∇log p(x).
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
     """
     _checks.batch(x)
     _check_reduction(reduction)
@@ -129,13 +170,22 @@ def esm_loss(score_fn, x, true_score_fn, *, reduction="mean"):
 
 
 def ism_loss(score_fn, x, *, trace="exact", n_probes=1, probe="rademacher", generator=None, reduction="mean"):
-    """Implicit score matching (Hyvärinen 2005): E[½‖s(x)‖² + tr ∇ₓs(x)] (Chapter 3).
+    """Implicit score matching (Hyvärinen 2005; Chapter 3, Hyvärinen's theorem): E[½‖s(x)‖² + tr ∇ₓs(x)].
 
-    Equal to `esm_loss` minus ½ E‖∇log p(x)‖², a constant independent of the model, whenever
-    p·s vanishes at infinity. trace='exact' uses the vectorised exact Jacobian trace,
-    trace='loop' the per-dimension loop (D backward passes; the benchmark baseline), and
-    trace='hutchinson' Hutchinson's estimator with `n_probes` probes of kind `probe`, which makes
-    the loss an unbiased estimate (it then equals SSM-VR).
+    Equal to ``esm_loss`` minus ½ E‖∇log p(x)‖², a constant independent of the model, whenever
+    p·s vanishes at infinity.
+
+    Args:
+        score_fn: the model, a callable x -> s(x).
+        x: [batch, ...] samples of p.
+        trace: ``'exact'`` uses the vectorised exact Jacobian trace, ``'loop'`` the per-dimension
+            loop (D backward passes; the benchmark baseline), and ``'hutchinson'`` Hutchinson's
+            estimator with ``n_probes`` probes of kind ``probe``, which makes the loss an unbiased
+            estimate (it then equals SSM-VR with the same probes).
+        n_probes: probes per sample for ``trace='hutchinson'``.
+        probe: ``'rademacher'``, ``'gaussian'`` or ``'sphere'`` (see ``hutchinson_trace``).
+        generator: the torch.Generator of the probes.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
     """
     _checks.batch(x)
     _check_reduction(reduction)
@@ -157,14 +207,23 @@ def ism_loss(score_fn, x, *, trace="exact", n_probes=1, probe="rademacher", gene
 
 def ssm_loss(score_fn, x, *, n_projections=1, probe="gaussian", variance_reduction=False, generator=None,
              reduction="mean"):
-    """Sliced score matching (Song, Garg, Shi & Ermon 2019; Chapter 3).
+    """Sliced score matching (Song, Garg, Shi & Ermon 2019; Chapter 3, Sliced score matching)::
 
         per sample: mean over projections v of  vᵀ∇ₓs(x) v + ½ (vᵀ s(x))²,   E[v vᵀ] = I.
 
-    Its expectation over v equals `ism_loss`: E_v[vᵀJv] = tr J and E_v[(vᵀs)²] = ‖s‖². With
-    variance_reduction=True (SSM-VR) the second term is replaced by its expectation ½‖s(x)‖²,
-    which removes part of the projection noise. `probe='sphere'` draws v uniformly on the sphere
+    Its expectation over v equals ``ism_loss``: E_v[vᵀJv] = tr J and E_v[(vᵀs)²] = ‖s‖². With
+    ``variance_reduction=True`` (SSM-VR) the second term is replaced by its expectation ½‖s(x)‖²,
+    which removes part of the projection noise. ``probe='sphere'`` draws v uniformly on the sphere
     of radius √D, which keeps E[v vᵀ] = I (unit-norm probes would scale the loss by 1/D).
+
+    Args:
+        score_fn: the model, a callable x -> s(x).
+        x: [batch, ...] samples of p.
+        n_projections: projections per sample, a positive integer.
+        probe: ``'gaussian'``, ``'rademacher'`` or ``'sphere'``.
+        variance_reduction: use SSM-VR.
+        generator: the torch.Generator of the projections.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
     """
     _checks.batch(x)
     _check_reduction(reduction)
@@ -181,15 +240,21 @@ def ssm_loss(score_fn, x, *, n_projections=1, probe="gaussian", variance_reducti
 
 
 def dsm_loss(score_fn, x, sigma, *, generator=None, reduction="mean"):
-    """Denoising score matching at one noise level (Vincent 2011; Chapter 4):
+    """Denoising score matching at one noise level (Vincent 2011; Chapter 4, Vincent's equivalence)::
 
         per sample: ½ ‖s(x̃) + z/σ‖²,   x̃ = x + σ z,  z ~ N(0, I),
 
     since ∇_x̃ log N(x̃; x, σ²I) = −z/σ. It equals ½ E‖s(x̃) − ∇log p_σ(x̃)‖² plus the constant
     C(σ) = ½ E‖z/σ‖² − ½ E‖∇log p_σ(x̃)‖² (for Gaussian data N(μ, Σ):
-    C = D/(2σ²) − ½ tr((Σ + σ²I)⁻¹)). `sigma` is a positive number, or a [batch] tensor of
-    per-sample levels (the multi-scale losses of Part III build on this). No weighting λ(σ) is
-    applied here.
+    C = D/(2σ²) − ½ tr((Σ + σ²I)⁻¹)). No weighting λ(σ) is applied here.
+
+    Args:
+        score_fn: the model, a callable x̃ -> s(x̃).
+        x: [batch, ...] clean samples.
+        sigma: a positive number, or a [batch] tensor of per-sample levels (the multi-scale losses
+            build on this).
+        generator: the torch.Generator of the noise z.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
     """
     _checks.batch(x)
     _check_reduction(reduction)
@@ -201,16 +266,24 @@ def dsm_loss(score_fn, x, sigma, *, generator=None, reduction="mean"):
 
 
 def ncsn_loss(score_fn, x, sigmas, *, weighting="sigma2", generator=None, reduction="mean"):
-    """The multi-scale denoising objective of NCSN (Song & Ermon 2019, Eq. 6; Chapter 5).
+    """The multi-scale denoising objective of NCSN (Song & Ermon 2019, Eq. 6; Chapter 5,
+    Noise-conditional score networks and the NCSN objective).
 
-    Each sample gets one level σ drawn uniformly from `sigmas`, then
+    Each sample gets one level σ drawn uniformly from ``sigmas``, then::
 
         per sample: ½ λ(σ) ‖s(x + σz, σ) + z/σ‖²,   λ(σ) = σ² (weighting='sigma2') or 1 ('none'),
 
-    summed over dimensions and averaged over the batch — numerically the reference
-    implementation's `anneal_dsm_score_estimation`. With λ = σ² every level contributes a term of
-    the same size, ½‖σ s + z‖², whatever σ is. `score_fn(x_noisy, sigma)` receives a [batch]
-    tensor of levels.
+    summed over dimensions and averaged over the batch: numerically the reference implementation's
+    ``anneal_dsm_score_estimation``. With λ = σ² every level contributes a term of the same size,
+    ½‖σ s + z‖², whatever σ is (Chapter 4, Many noise levels and the weighting).
+
+    Args:
+        score_fn: the model, called as ``score_fn(x_noisy, sigma)`` with a [batch] tensor of levels.
+        x: [batch, ...] clean samples.
+        sigmas: the levels, strictly decreasing.
+        weighting: ``'sigma2'`` or ``'none'``.
+        generator: the torch.Generator of the levels and the noise.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
     """
     _checks.batch(x)
     _check_reduction(reduction)
@@ -240,14 +313,22 @@ def _per_sample_sigma(sigma, x):
 def sde_loss(sde, score_fn, x, *, eps=1e-5, likelihood_weighting=False, generator=None, reduction="mean"):
     """Continuous-time denoising score matching for a score SDE (Song et al. 2021, Eq. 7; Chapter 9).
 
-    Each sample gets a time t ~ U(eps, T) and x_t = α(t) x + σ(t) z (`sde.marginal`), then
+    Each sample gets a time t ~ U(eps, T) and x_t = α(t) x + σ(t) z (``sde.marginal``), then::
 
         per sample: ½ λ(t) ‖s(x_t, t) + z/σ(t)‖²,
 
     with λ(t) = σ(t)² (the default: ½‖σ s + z‖², every time weighted alike, as NCSN's λ = σ²)
-    or λ(t) = g(t)² (likelihood_weighting=True: then the time integral of the loss bounds the KL
-    divergence from the data to the model, Song, Durkan, Murray & Ermon 2021). `score_fn(x_t, t)`
-    receives a [batch] tensor of times.
+    or λ(t) = g(t)² (``likelihood_weighting=True``: then the time integral of the loss bounds the
+    KL divergence from the data to the model, Song, Durkan, Murray & Ermon 2021).
+
+    Args:
+        sde: a process of ``companion.sde``.
+        score_fn: the model, called as ``score_fn(x_t, t)`` with a [batch] tensor of times.
+        x: [batch, ...] clean samples.
+        eps: the smallest time, 0 < eps < T.
+        likelihood_weighting: use λ(t) = g(t)² instead of σ(t)².
+        generator: the torch.Generator of the times and the noise.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
     """
     _checks.batch(x)
     _check_reduction(reduction)

@@ -1,9 +1,9 @@
-"""Sample-quality measures (Chapters 5–7).
+"""Sample-quality measures (Chapters 7 and 9).
 
-For 2-D point sets: the maximum mean discrepancy with a Gaussian kernel and the sliced
-Wasserstein distance. For digit images: a small classifier whose confident share, class histogram
+For point sets: the maximum mean discrepancy with a Gaussian kernel and the sliced Wasserstein
+distance (Chapter 9). For digit images: a small classifier whose confident share, class histogram
 and features (for a Fréchet distance, as FID does with Inception features) judge samples against
-held-out real digits.
+held-out real digits (Chapter 7, How good are the samples?).
 """
 
 from pathlib import Path
@@ -21,9 +21,14 @@ def _flat(x):
 
 
 def mmd(x, y, bandwidth=1.0):
-    """Unbiased estimate of the squared maximum mean discrepancy with the kernel
-    k(a, b) = exp(−‖a − b‖² / (2 h²)) (Gretton et al. 2012). Zero in expectation when x and y come
-    from the same law; it can be slightly negative."""
+    """Unbiased estimate of the squared maximum mean discrepancy (Gretton et al. 2012; Chapter 9) with
+    the Gaussian kernel k(a, b) = exp(−‖a − b‖² / (2 h²)), h = ``bandwidth``::
+
+        MMD² = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j) − 2 mean_{i,j} k(x_i, y_j).
+
+    Zero in expectation when x and y come from the same law; it can be slightly negative. Samples
+    are flattened; each set needs at least 2 points. Returns a 0-d tensor.
+    """
     _checks.batch(x, "x")
     _checks.batch(y, "y")
     x, y = _flat(x), _flat(y)
@@ -40,9 +45,12 @@ def mmd(x, y, bandwidth=1.0):
 
 
 def sliced_wasserstein(x, y, n_projections=256, generator=None):
-    """Sliced 2-Wasserstein distance, sqrt(E_θ W₂²(θᵀx, θᵀy)) over directions θ uniform on the
-    sphere, each 1-D distance computed exactly by sorting. x and y must have the same size.
-    For two sets that differ by a shift δ it equals ‖δ‖/√D."""
+    """Sliced 2-Wasserstein distance (Rabin et al. 2011; Bonneel et al. 2015; Chapter 9),
+    √(mean_θ W₂²(θᵀx, θᵀy)) over ``n_projections`` random directions θ uniform on the sphere, each
+    1-D distance computed exactly by sorting. x and y must have the same size. For two sets that
+    differ by a shift δ it estimates ‖δ‖/√D, the value for infinitely many directions. Returns a 0-d
+    tensor.
+    """
     _checks.batch(x, "x")
     _checks.batch(y, "y")
     x, y = _flat(x), _flat(y)
@@ -55,9 +63,15 @@ def sliced_wasserstein(x, y, n_projections=256, generator=None):
 
 
 def frechet_distance(features_a, features_b):
-    """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2}): the squared 2-Wasserstein
-    distance between the Gaussians with the two sets' means and covariances (Heusel et al. 2017).
-    Computed in float64 with symmetric eigendecompositions."""
+    """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^(1/2) Σ_b Σ_a^(1/2))^(1/2)): the squared 2-Wasserstein
+    distance between the Gaussians with the two sets' means and covariances, the Fréchet distance of
+    FID (Heusel et al. 2017; Chapter 7, How good are the samples?). Computed in float64 with
+    symmetric eigendecompositions; returns a Python float.
+
+    Args:
+        features_a: [N, ...] features of one set (flattened per sample).
+        features_b: [M, ...] features of the other set.
+    """
     a, b = _flat(features_a).double(), _flat(features_b).double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], a.shape[1]), torch.cov(b.T).reshape(b.shape[1], b.shape[1])
@@ -68,8 +82,10 @@ def frechet_distance(features_a, features_b):
 
 
 class DigitClassifier(nn.Module):
-    """A small convolutional classifier for 28×28 digits in [0, 1]: two conv–ReLU–pool stages and
-    a 128-unit hidden layer whose activations are the features of `frechet_distance`."""
+    """A small convolutional classifier for 28×28 digits in [0, 1] (the book's evaluation tool,
+    Chapter 7): two conv–ReLU–pool stages and a 128-unit hidden layer whose activations are the
+    features of ``frechet_distance``.
+    """
 
     def __init__(self, n_classes=10):
         super().__init__()
@@ -81,15 +97,23 @@ class DigitClassifier(nn.Module):
         self.head = nn.Linear(128, n_classes)
 
     def features(self, x):
+        """The 128 activations of the hidden layer for images x of shape [batch, 1, 28, 28], the features
+        of the Fréchet distance of Chapter 7.
+        """
         return self.body(x)
 
     def forward(self, x):
+        """The class logits, shape [batch, n_classes], for images x of shape [batch, 1, 28, 28] in [0, 1]
+        (Chapter 7).
+        """
         return self.head(self.body(x))
 
 
 def train_classifier(images, labels, *, n_steps=2000, batch_size=128, lr=1e-3, generator=None, progress=False):
-    """Train a DigitClassifier on uint8 images [N, 28, 28] with Adam, with small random shifts
-    (±2 pixels) so that it does not rely on exact centring. Returns the model in eval mode."""
+    """Train a ``DigitClassifier`` on uint8 images [N, 28, 28] with Adam, with small random shifts
+    (±2 pixels) so that it does not rely on exact centring (Chapter 7). The number of classes is
+    ``labels.max() + 1``. Returns the model in eval mode.
+    """
     from tqdm.auto import trange
 
     model = DigitClassifier(n_classes=int(labels.max()) + 1)
@@ -108,22 +132,28 @@ def train_classifier(images, labels, *, n_steps=2000, batch_size=128, lr=1e-3, g
 
 @torch.no_grad()
 def accuracy(classifier, images, labels, batch_size=1000):
-    """Share of uint8 images [N, 28, 28] that `classifier` labels correctly."""
+    """Share of uint8 images [N, 28, 28] that ``classifier`` labels correctly, a Python float
+    (Chapter 7).
+    """
     x = images[:, None].to(torch.get_default_dtype()) / 255
     predicted = torch.cat([classifier(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
     return (predicted == labels).double().mean().item()
 
 
 def save_classifier(classifier, path, **info):
-    """Save a DigitClassifier's weights and a dict of plain facts about it (accuracy, recipe)."""
+    """Save a ``DigitClassifier``'s weights and a dict of plain facts about it (``**info``: accuracy,
+    recipe) with ``companion.train.save_checkpoint`` (Chapter 7).
+    """
     from .train import save_checkpoint
 
     save_checkpoint({"state_dict": classifier.state_dict(), "n_classes": classifier.head.out_features, "info": info}, path)
 
 
 def load_digit_classifier(path=None):
-    """The DigitClassifier saved at `path` (default: the one shipped with companion, trained on the
-    first 9,000 of 10,000 MNIST digits; its held-out accuracy is in `.info`), in eval mode."""
+    """The ``DigitClassifier`` saved at ``path``, in eval mode (Chapter 7). The default is the one
+    shipped with companion, trained on the first 9,000 of 10,000 MNIST digits; its held-out accuracy
+    and training command are in its ``.info`` dict.
+    """
     path = Path(path) if path is not None else SHIPPED_CLASSIFIER
     if not path.is_file():
         raise ValueError(f"no classifier at {path}; train one with `python -m companion classifier`")
@@ -136,11 +166,26 @@ def load_digit_classifier(path=None):
 
 @torch.no_grad()
 def digit_report(classifier, samples, real, *, threshold=0.9, baseline=None):
-    """Judge [N, 1, 28, 28] samples in [0, 1] against real held-out digits of the same shape:
-    the share classified with probability > threshold, the class histograms of the samples and of
-    the real digits as the classifier reads them (shares summing to 1), the Fréchet distance in the classifier's feature space, and the same distance
-    from other real digits (`baseline`, as many as the samples, e.g. training digits; default: the
-    two halves of `real`): the floor a perfect sampler would reach with this many samples."""
+    """Judge samples against real held-out digits with a digit classifier (Chapter 7, How good are the
+    samples?), using the Fréchet distance of FID (Heusel et al. 2017) in the classifier's feature
+    space.
+
+    Args:
+        classifier: a ``DigitClassifier``.
+        samples: [N, 1, 28, 28] samples in [0, 1].
+        real: held-out real digits of the same shape.
+        threshold: the probability above which a sample counts as confidently classified.
+        baseline: other real digits, as many as the samples (e.g. training digits), for the floor;
+            by default the two halves of ``real`` are compared instead.
+
+    Returns:
+        A dict with ``'confident_share'`` (the share classified with probability above
+        ``threshold``), ``'class_shares'`` and ``'real_class_shares'`` (the class histograms of the
+        samples and of the real digits as the classifier reads them, shares summing to 1),
+        ``'frechet'`` (the Fréchet distance between the features of the samples and of ``real``)
+        and ``'frechet_real_vs_real'`` (the same distance between real sets: the floor a perfect
+        sampler would reach with this many samples).
+    """
     probs = classifier(samples).softmax(-1)
     confidence, classes = probs.max(-1)
     feats_real = classifier.features(real)

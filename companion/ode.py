@@ -1,7 +1,7 @@
 """The probability-flow ODE: deterministic samplers and exact likelihoods (Song et al. 2021;
-Chapter 9).
+Chapter 9, The probability-flow ODE; ODE solvers and their cost; Exact likelihoods).
 
-Every score SDE of `companion.sde` shares its marginals p_t with the ODE
+Every score SDE of ``companion.sde`` shares its marginals p_t with the ODE::
 
     dx/dt = f(x, t) − ½ g(t)² s(x, t),
 
@@ -9,13 +9,27 @@ run from t = T down to a small eps. In the scaled variables x̂ = x/α(t) and σ
 noise level) the same ODE reads dx̂/dσ̂ = (x̂ − D)/σ̂ = −σ(t) s(x, t), where D = (x + σ(t)² s)/α(t)
 is Tweedie's denoiser (Karras et al. 2022). The fixed-step solvers step in σ̂:
 
-| method | update | score calls |
-| --- | --- | --- |
-| 'euler' | x̂ ← x̂ + (σ̂' − σ̂) d, d = −σ s | n |
-| 'heun' | Euler, then the trapezoidal average of d at both ends (Karras et al. 2022, Alg. 1) | 2n |
-| 'dpm2m' | the exponential integrator DPM-Solver++(2M) (Lu et al. 2022) on the denoiser | n |
-| 'rk45' | adaptive Dormand–Prince in t (torchdiffeq, any device) | adaptive |
-| 'scipy-rk45' | the same through scipy.integrate.solve_ivp, NumPy on the CPU: the reference | adaptive |
+.. list-table::
+   :header-rows: 1
+
+   * - method
+     - update
+     - score calls
+   * - ``'euler'``
+     - x̂ ← x̂ + (σ̂' − σ̂) d, d = −σ s
+     - n
+   * - ``'heun'``
+     - Euler, then the trapezoidal average of d at both ends (Karras et al. 2022, Alg. 1)
+     - 2n
+   * - ``'dpm2m'``
+     - the exponential integrator DPM-Solver++(2M) (Lu et al. 2022) on the denoiser
+     - n
+   * - ``'rk45'``
+     - adaptive Dormand–Prince (Dormand & Prince 1980) in t (torchdiffeq, any device)
+     - adaptive
+   * - ``'scipy-rk45'``
+     - the same through scipy.integrate.solve_ivp, NumPy on the CPU: the reference
+     - adaptive
 
 Euler is first order, Heun and DPM-Solver++(2M) second order in the step.
 """
@@ -33,7 +47,9 @@ METHODS = ("euler", "heun", "dpm2m", "rk45", "scipy-rk45")
 
 
 def probability_flow(sde, score_fn):
-    """The velocity v(x, t) = f(x, t) − ½ g(t)² s(x, t) of the probability-flow ODE, t a [batch] tensor."""
+    """The velocity v(x, t) = f(x, t) − ½ g(t)² s(x, t) of the probability-flow ODE (Song et al. 2021;
+    Chapter 9, The probability-flow ODE), as a callable (x, t) -> v with t a [batch] tensor.
+    """
     return sde.reverse(score_fn, probability_flow=True).drift
 
 
@@ -125,17 +141,32 @@ def _rk45_scipy(sde, score_fn, x, t0, t1, rtol, atol):
 def ode_sampler(sde, score_fn, shape_or_x, *, method="heun", n_steps=50, grid="edm", rho=7.0, eps=None,
                 rtol=1e-5, atol=1e-5, denoise=False, generator=None, dtype=None, device=None, callback=None,
                 progress=False):
-    """Integrate the probability-flow ODE from T to eps (Chapter 9).
+    """Integrate the probability-flow ODE of Song et al. (2021) from T to eps (Chapter 9, ODE solvers
+    and their cost), with Euler, Heun (Karras et al. 2022), DPM-Solver++(2M) (Lu et al. 2022) or
+    adaptive RK45 (Dormand & Prince 1980).
 
     Args:
-        sde: a `companion.sde` process. score_fn: s(x, t) with t a [batch] tensor.
+        sde: a process of ``companion.sde``.
+        score_fn: s(x, t) with t a [batch] tensor.
         shape_or_x: the starting state at T, or a shape to draw it from the prior.
-        method: see the module table. n_steps, grid, rho: the fixed-step grid (`time_grid`),
-            ignored by the adaptive methods, which use rtol and atol instead.
-        eps: the final time; `sde.default_eps` if None.
+        method: ``'euler'``, ``'heun'``, ``'dpm2m'``, ``'rk45'`` or ``'scipy-rk45'`` (see the
+            module's table).
+        n_steps: the number of steps of the fixed-step methods.
+        grid: the time grid of the fixed-step methods (see ``companion.sde.time_grid``).
+        rho: ρ of the ``'edm'`` grid.
+        eps: the final time; ``sde.default_eps`` if None.
+        rtol: the relative tolerance of the adaptive methods.
+        atol: the absolute tolerance of the adaptive methods.
         denoise: finish with Tweedie's E[x₀ | x_eps] (one more evaluation).
+        generator: the torch.Generator of the prior draw.
+        dtype: the dtype of the prior draw.
+        device: the device of the prior draw.
+        callback: called by the fixed-step methods as ``callback({'i': i, 't': t_next, 'x': x})``
+            after every step.
+        progress: show a progress bar (fixed-step methods).
+
     Returns:
-        (x, nfe): the end states and the number of score evaluations.
+        A pair ``(x, nfe)``, the end states and the number of score evaluations.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
@@ -167,8 +198,9 @@ def _divergence_exact(v, x, t):
 
 
 def _divergence_hutchinson(v, x, t, probe):
-    """εᵀ (∂v/∂x) ε with a probe ε fixed along the trajectory (Skilling 1989; Hutchinson 1990),
-    unbiased for the divergence."""
+    """εᵀ (∂v/∂x) ε with a probe ε fixed along the trajectory (Skilling 1989; Hutchinson 1989),
+    unbiased for the divergence.
+    """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         out = v(x, t)
@@ -179,18 +211,29 @@ def _divergence_hutchinson(v, x, t, probe):
 def log_likelihood(sde, score_fn, x, *, trace="exact", probe="rademacher", eps=None, rtol=1e-5, atol=1e-5,
                    prior_log_prob=None, generator=None):
     """log p_eps(x) by the instantaneous change of variables along the probability-flow ODE
-    (Chen et al. 2018; Song et al. 2021, Sec. 4.3; Chapter 9):
+    (Chen et al. 2018; Song et al. 2021, Sec. 4.3; Chapter 9, Exact likelihoods)::
 
         log p_eps(x(eps)) = log p_T(x(T)) + ∫_eps^T ∇·v(x(t), t) dt,
 
     solved from eps up to T with torchdiffeq's dopri5 on the joint state (x, ∫∇·v).
 
     Args:
-        trace: 'exact' (one backward pass per dimension) or 'hutchinson' (one probe ε, Rademacher
-            or Gaussian, fixed along the trajectory: unbiased, cheap in high dimension).
-        prior_log_prob: log p_T, the SDE's prior (`sde.prior_log_prob`) if None.
+        sde: a process of ``companion.sde``.
+        score_fn: s(x, t) with t a [batch] tensor.
+        x: [batch, ...] points at time eps.
+        trace: ``'exact'`` (one backward pass per dimension) or ``'hutchinson'`` (one probe ε,
+            Rademacher or Gaussian, fixed along the trajectory: the Skilling–Hutchinson estimator of
+            Grathwohl et al. 2019, unbiased and cheap in high dimension).
+        probe: ``'rademacher'`` or ``'gaussian'``.
+        eps: the starting time; ``sde.default_eps`` if None.
+        rtol: the relative tolerance of dopri5.
+        atol: the absolute tolerance of dopri5.
+        prior_log_prob: log p_T, the SDE's prior (``sde.prior_log_prob``) if None.
+        generator: the torch.Generator of the probe.
+
     Returns:
-        (log_p, nfe): nats per sample, shape [batch], and the number of velocity evaluations.
+        A pair ``(log_p, nfe)``, nats per sample, shape [batch], and the number of velocity
+        evaluations.
     """
     from torchdiffeq import odeint
 
@@ -229,11 +272,12 @@ def log_likelihood(sde, score_fn, x, *, trace="exact", probe="rademacher", eps=N
 
 
 def bits_per_dim(log_p, dim, *, data_range=1.0, levels=256):
-    """Bits per dimension of discrete data from a continuous log-density (nats) of dequantised data.
+    """Bits per dimension of discrete data from a continuous log-density (nats) of uniformly
+    dequantised data (Uria et al. 2013; Theis et al. 2016; Chapter 9, Exact likelihoods).
 
-    Data with `levels` values per dimension, dequantised uniformly and scaled to an interval of
-    length `data_range`, has a bin of width data_range/levels, so the discrete model assigns
-    p(x) (data_range/levels)^D and
+    Data with ``levels`` values per dimension, dequantised uniformly and scaled to an interval of
+    length ``data_range``, has a bin of width data_range/levels, so the discrete model assigns
+    p(x) (data_range/levels)^D and::
 
         bpd = −log p(x) / (D ln 2) + log₂(levels / data_range)
 

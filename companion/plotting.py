@@ -1,4 +1,5 @@
-"""Figures used by the chapters: densities, score fields, samples and trajectories.
+"""Figures used by the chapters (Chapters 1 to 9): densities, score fields, samples, trajectories,
+image grids and the NCSN diagram.
 
 Plotting lives here and nowhere in the numerical modules. Every function draws on a given
 matplotlib Axes (or a new one) and returns it, so chapters can compose panels.
@@ -13,7 +14,12 @@ def _axes(ax):
 
 
 def grid_2d(xlim, ylim, n=100, dtype=None):
-    """A regular grid: returns (xx, yy, points) with points of shape [n*n, 2] (default dtype)."""
+    """A regular n × n grid over ``xlim`` × ``ylim``, the grid of the 2-D figures (Chapters 2, 4 and 5).
+
+    Returns:
+        A triple ``(xx, yy, points)``, the [n, n] coordinate arrays and the [n·n, 2] points, of
+        ``dtype`` (torch's default if None).
+    """
     xs = torch.linspace(*xlim, n, dtype=dtype)
     ys = torch.linspace(*ylim, n, dtype=dtype)
     xx, yy = torch.meshgrid(xs, ys, indexing="xy")
@@ -21,7 +27,10 @@ def grid_2d(xlim, ylim, n=100, dtype=None):
 
 
 def density_2d(log_prob_fn, xlim=(-4, 4), ylim=(-4, 4), n=150, ax=None, cmap="Blues", dtype=None, **kwargs):
-    """Filled contours of exp(log_prob_fn) on a grid of the given dtype (default: torch's)."""
+    """Filled contours of exp(log_prob_fn) on an n × n grid of the given dtype (default: torch's), the
+    density panels of Chapters 1, 2 and 4 to 9; further keyword arguments go to ``contourf``.
+    Returns the Axes.
+    """
     ax = _axes(ax)
     xx, yy, pts = grid_2d(xlim, ylim, n, dtype)
     with torch.no_grad():
@@ -33,9 +42,10 @@ def density_2d(log_prob_fn, xlim=(-4, 4), ylim=(-4, 4), n=150, ax=None, cmap="Bl
 
 def score_field(score_fn, xlim=(-4, 4), ylim=(-4, 4), n=20, ax=None, normalize=False, color="k", dtype=None,
                 **kwargs):
-    """Quiver plot of a 2-D vector field s(x) on an n x n grid of the given dtype (default: torch's).
+    """Quiver plot of a 2-D vector field s(x) on an n × n grid of the given dtype (default: torch's),
+    the score fields of Chapters 1 and 2 (Chapter 2, The score as a vector field). Returns the Axes.
 
-    With normalize=True every arrow has unit length (direction only); otherwise arrows are
+    With ``normalize=True`` every arrow has unit length (direction only); otherwise arrows are
     scaled together, so their lengths compare.
     """
     ax = _axes(ax)
@@ -50,7 +60,7 @@ def score_field(score_fn, xlim=(-4, 4), ylim=(-4, 4), n=20, ax=None, normalize=F
 
 
 def samples_2d(x, ax=None, s=2, alpha=0.5, **kwargs):
-    """Scatter plot of [N, 2] samples."""
+    """Scatter plot of [N, 2] samples, the sample panels of Chapters 1, 2 and 4 to 9. Returns the Axes."""
     ax = _axes(ax)
     x = torch.as_tensor(x).detach().cpu()
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=s, alpha=alpha, **kwargs)
@@ -70,7 +80,7 @@ def mixture_panel(mixture, xlim=(-5, 5), ylim=(-5, 5), ax=None, n_arrows=17, nor
     The grid is cast to the mixture's dtype, so float32 and float64 mixtures both work. With
     normalize=True every arrow has unit length (the direction of the score only), which keeps the
     arrows readable where the score is large. Used for the static figures and by
-    `companion.widgets.mixture_score_explorer` in Chapter 2 (score functions and energy-based models).
+    ``companion.widgets.mixture_score_explorer`` in Chapter 2 (score functions and energy-based models).
     """
     dtype = mixture.means.dtype
     ax = density_2d(lambda x: mixture.log_prob(x.to(dtype)), xlim, ylim, ax=ax, cmap=cmap)
@@ -110,11 +120,11 @@ def samples_hist_1d(x, log_prob_fn=None, xlim=(-5, 5), bins=80, ax=None, n_grid=
     """Histogram of 1-D samples, scaled so that its area is the fraction of samples inside xlim,
     with the density exp(log_prob_fn) drawn on top as a curve; returns the Axes.
 
-    `x` has shape [N] or [N, 1]; `log_prob_fn` takes a [n_grid, 1] tensor (the convention of
-    `companion.distributions`) and must be normalised. Samples outside xlim are left out of the
+    ``x`` has shape [N] or [N, 1]; ``log_prob_fn`` takes a [n_grid, 1] tensor (the convention of
+    ``companion.distributions``) and must be normalised. Samples outside xlim are left out of the
     bars but still count in N, so a chain that has not converged, or has drifted away, shows as
     missing mass. Used in Chapter 1 (Langevin dynamics) for the inverse-CDF sampler and for ULA /
-    MALA histograms, and by `companion.widgets.langevin_explorer`.
+    MALA histograms, and by ``companion.widgets.langevin_explorer``.
     """
     import numpy as np
 
@@ -133,12 +143,12 @@ def samples_hist_1d(x, log_prob_fn=None, xlim=(-5, 5), bins=80, ax=None, n_grid=
 
 
 def trajectories_2d(path, ax=None, color="C3", lw=0.8, alpha=0.8, mark_ends=True, **kwargs):
-    """Draw 2-D trajectories: `path` is a list of T tensors of shape [N, 2] (or one [T, N, 2]
+    """Draw 2-D trajectories: ``path`` is a list of T tensors of shape [N, 2] (or one [T, N, 2]
     tensor), one polyline per chain, with a small circle at each start and a filled dot at each
     end; returns the Axes.
 
-    Collect `path` with the `callback` of a companion sampler, e.g.
-    `langevin(..., callback=lambda d: path.append(d["x"][:5]))`. Used in Chapter 1 (Langevin
+    Collect ``path`` with the ``callback`` of a companion sampler, e.g.
+    ``langevin(..., callback=lambda d: path.append(d["x"][:5]))``. Used in Chapter 1 (Langevin
     dynamics) to contrast gradient ascent with Langevin dynamics.
     """
     ax = _axes(ax)
@@ -162,12 +172,12 @@ def tweedie_panel(mixture, sigma, xlim=(-5, 5), ylim=(-5, 5), ax=None, n_arrows=
     contours), its score grad log p_sigma (unit arrows, if show_field) and the Tweedie denoiser on
     a few noisy points; returns the Axes.
 
-    The noisy points are x~ = x + sigma z with x ~ p and z ~ N(0, I) drawn from `seed`, so that the
+    The noisy points are x~ = x + sigma z with x ~ p and z ~ N(0, I) drawn from ``seed``, so that the
     same clean points and the same noise are used for every sigma. Each x~ (open circle) is joined
     by a red segment to its posterior mean E[x | x~] (red dot), computed by
-    `mixture.posterior_mean`; Tweedie's formula says that this is x~ + sigma^2 grad log p_sigma(x~).
+    ``mixture.posterior_mean``; Tweedie's formula says that this is x~ + sigma^2 grad log p_sigma(x~).
     Used in Chapter 4 (denoising score matching) for a static figure and by
-    `companion.widgets.tweedie_explorer`.
+    ``companion.widgets.tweedie_explorer``.
     """
     if n_noisy < 0:
         raise ValueError(f"n_noisy must be non-negative; got {n_noisy}")
@@ -199,11 +209,11 @@ def tweedie_panel(mixture, sigma, xlim=(-5, 5), ylim=(-5, 5), ax=None, n_arrows=
 def score_error_panel(score_fn, true_score_fn, log_prob_fn=None, xlim=(-5, 5), ylim=(-5, 5), ax=None, n=120,
                       n_arrows=17, vmax=None, cmap="Reds", arrow_color="k", dtype=None):
     """Compare a learned 2-D score with the exact one: the error ‖s_θ(x) − s_p(x)‖ as a colour map
-    on an n x n grid (clipped at `vmax`), the density of p as contour lines (if `log_prob_fn` is
+    on an n x n grid (clipped at ``vmax``), the density of p as contour lines (if ``log_prob_fn`` is
     given), and the learned field as unit arrows on an n_arrows x n_arrows grid; returns the Axes,
-    whose `images[0]` can feed a colorbar.
+    whose ``images[0]`` can feed a colorbar.
 
-    The grid is cast to `dtype` (default: torch's default dtype), so float32 networks and float64
+    The grid is cast to ``dtype`` (default: torch's default dtype), so float32 networks and float64
     targets both work. Used in Chapter 3 (score matching) to show that a score learned from samples
     is accurate where the data are and wrong far from them, where the loss puts no weight.
     """
@@ -228,9 +238,11 @@ def score_error_panel(score_fn, true_score_fn, log_prob_fn=None, xlim=(-5, 5), y
 
 
 def image_grid(images, ncol=8, ax=None, title=None, vmin=0.0, vmax=1.0, cmap="gray_r"):
-    """Tile a batch of one-channel images ([N, 1, H, W] or [N, H, W]) into one picture, ncol per
-    row with a one-pixel gap, and show it on `ax` without ticks; values are clipped to
-    [vmin, vmax] (dark ink on white with the default cmap). Returns the Axes."""
+    """Tile a batch of one-channel images ([N, 1, H, W] or [N, H, W]) into one picture, ``ncol`` per
+    row with a one-pixel gap, and show it on ``ax`` without ticks; values are clipped to
+    [vmin, vmax] (dark ink on white with the default cmap). The digit grids of Chapters 6 and 7.
+    Returns the Axes.
+    """
     imgs = torch.as_tensor(images).detach().to(torch.float64).cpu()
     if imgs.ndim == 4:
         if imgs.shape[1] != 1:
@@ -256,7 +268,8 @@ def image_grid(images, ncol=8, ax=None, title=None, vmin=0.0, vmax=1.0, cmap="gr
 def ncsn_diagram(ngf=64, image_size=28, ax=None):
     """Draw the layout of the NCSN RefineNet (companion.refinenet) as boxes and arrows: the residual
     stages down the left, the RefineNet blocks up the right, the skip connections between them,
-    each box labelled with its channels and resolution (Chapter 7). Returns the Axes."""
+    each box labelled with its channels and resolution (Chapter 7). Returns the Axes.
+    """
     from matplotlib.patches import FancyBboxPatch
 
     ax = ax if ax is not None else plt.subplots(figsize=(9, 5))[1]
@@ -313,7 +326,7 @@ def marginal_density_1d(mixture, sde, t_range=(0.0, 1.0), xlim=(-5, 5), n_t=200,
     """Draw the exact marginal densities p_t(x) of a 1-D mixture under a score SDE as an image over
     the (t, x) plane, time along the horizontal axis; returns the Axes.
 
-    p_t is `mixture.marginal_log_prob(sde, x, t)`, the mixture with every component N(μ, v) turned
+    p_t is ``mixture.marginal_log_prob(sde, x, t)``, the mixture with every component N(μ, v) turned
     into N(α(t) μ, α(t)² v + σ(t)²). With normalize_columns=True each time column is divided by its
     maximum, so that a density that spreads out (VE) stays visible next to a concentrated one; the
     image data is then the density relative to its peak at that time. Forward trajectories can be

@@ -1,4 +1,4 @@
-"""Score models from `train ncsn` checkpoints, and the model shipped with companion (Chapter 7).
+"""Score models from ``train ncsn`` checkpoints, and the model shipped with companion (Chapter 7).
 
 The shipped NCSN was trained on the first 9,000 of 10,000 MNIST digits (the last 1,000 are held
 out for its evaluation). Its card, weights/ncsn_mnist.json, records the exact training command,
@@ -20,7 +20,13 @@ SHIPPED_NCSN = WEIGHTS / "ncsn_mnist.pt"
 
 
 def build_model(config):
-    """The score model s(x, σ) that a training config describes, and its noise levels (float64)."""
+    """The score model s(x, σ) that a training config describes, and its noise levels (float64)
+    (Chapter 7): an ``NCSNv2`` if ``config['model']`` is ``'NCSNv2'``, else a
+    ``CondRefineNetDilated`` wrapped in ``LevelConditioned``.
+
+    Returns:
+        A pair ``(model, sigmas)``.
+    """
     sigmas = torch.tensor(config["sigmas"], dtype=torch.float64)
     if config["model"] == "NCSNv2":
         return NCSNv2(channels=1, ngf=config["ngf"], image_size=config["image_size"]), sigmas
@@ -29,8 +35,12 @@ def build_model(config):
 
 
 def model_from_checkpoint(path, device="cpu", weights="ema"):
-    """Rebuild the score model of a `train ncsn` checkpoint (or of an exported one) with its EMA or
-    raw weights. Returns (model in eval mode, sigmas, config)."""
+    """Rebuild the score model of a ``train ncsn`` checkpoint (or of an exported one) with its EMA
+    (``weights='ema'``) or raw (``'raw'``) weights (Chapter 7).
+
+    Returns:
+        A triple ``(model, sigmas, config)``, the model in eval mode on ``device``.
+    """
     state = load_checkpoint(path, device)
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw'; got {weights!r}")
@@ -42,21 +52,30 @@ def model_from_checkpoint(path, device="cpu", weights="ema"):
 
 
 def sha256(path):
+    """The SHA-256 hex digest of the file at ``path``, as recorded in a model card (Chapter 7)."""
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
 def export(checkpoint, out):
-    """Write the EMA weights, config and step of a training checkpoint to `out` (no optimiser, no
-    raw weights: what sampling needs) and return its SHA-256."""
+    """Write the EMA weights, config and step of a training checkpoint to ``out`` (no optimiser, no
+    raw weights: what sampling needs) and return its SHA-256 (Chapter 7).
+    """
     state = load_checkpoint(checkpoint)
     save_checkpoint({"ema": state["ema"], "config": state["config"], "step": state["step"]}, out)
     return sha256(out)
 
 
 def ncsn_mnist(device="cpu"):
-    """The shipped MNIST score model: (model in eval mode, sigmas, card). The weights are checked
-    against the SHA-256 of the card before they are loaded."""
+    """The shipped MNIST score model (Chapter 7, Training on MNIST). The weights are checked against the
+    SHA-256 of the card before they are loaded.
+
+    Returns:
+        A triple ``(model, sigmas, card)``, the model in eval mode and its card as a dict.
+
+    Raises:
+        ValueError: if the weights do not match their card.
+    """
     card = json.loads(SHIPPED_NCSN.with_suffix(".json").read_text())
     digest = sha256(SHIPPED_NCSN)
     if digest != card["sha256"]:

@@ -1,11 +1,14 @@
-"""Samplers that need only a score (and, for MALA, an unnormalised log-density).
+"""Samplers that need only a score (and, for MALA, an unnormalised log-density): Langevin
+dynamics and MALA (Chapter 1), annealed Langevin dynamics (Chapters 5 and 6), and the
+predictors, correctors and predictor–corrector loop of score SDEs (Chapter 9).
 
 Conventions: plain functions in the style of k-diffusion, a batch of chains is the
-unit of work, randomness through an explicit `torch.Generator`, no device moves and no host
-synchronisation inside the loop. A `callback` receives a dict {'i', 'x', ...} after every step.
+unit of work, randomness through an explicit ``torch.Generator``, no device moves and no host
+synchronisation inside the loop. A ``callback`` receives a dict {'i', 'x', ...} after every step.
 
-The Langevin step is x <- x + eps * s(x) + sqrt(2 eps) z. Sources that write
-x + (alpha/2) s(x) + sqrt(alpha) z describe the same chain with alpha = 2 eps (Chapter 1).
+The Langevin step is x ← x + ε s(x) + √(2ε) z. Sources that write
+x + (α/2) s(x) + √α z describe the same chain with α = 2ε (Chapter 1, Step-size conventions
+and a sign check).
 """
 
 import torch
@@ -27,23 +30,30 @@ def _sum_except_batch(t):
 @torch.no_grad()
 def langevin(score_fn, x, step_size, n_steps, *, generator=None, callback=None, progress=False):
     """Unadjusted Langevin algorithm (ULA): the Euler–Maruyama discretisation of
-    dx = grad log p(x) dt + sqrt(2) dW,
+    dx = ∇log p(x) dt + √2 dW (Roberts & Tweedie 1996; Chapter 1)::
 
-        x_{k+1} = x_k + eps * s(x_k) + sqrt(2 eps) z_k,   z_k ~ N(0, I).
+        x_{k+1} = x_k + ε s(x_k) + √(2ε) z_k,   z_k ~ N(0, I).
 
-    For every eps > 0 its stationary law is biased: for N(0, s^2) the stationary variance is
-    s^2 / (1 - eps / (2 s^2)), and the chain diverges for eps >= 2 s^2 (Chapter 1, Roberts &
-    Tweedie 1996). Use `mala` to remove the bias.
+    For every ε > 0 its stationary law is biased: for N(0, v) the stationary variance is
+    v / (1 − ε/(2v)), and the chain diverges for ε ≥ 2v (Chapter 1, Discretisation bias: ULA on a
+    Gaussian target). Use ``mala`` to remove the bias.
 
     Args:
-        score_fn: callable x -> grad log p(x), same shape as x. Runs under torch.no_grad();
+        score_fn: callable x -> ∇log p(x), same shape as x. Runs under ``torch.no_grad()``;
             a score computed by autograd must enable gradients itself (see
-            `companion.scores.autograd_score`).
+            ``companion.scores.autograd_score``).
         x: [batch, ...] starting points, one chain per row.
-        step_size: eps > 0, a float or a 0-d tensor.
+        step_size: ε > 0, a float or a 0-d tensor.
         n_steps: number of updates.
+        generator: the torch.Generator of the noise.
+        callback: called as ``callback({'i': i, 'x': x})`` after every step.
+        progress: show a progress bar.
+
     Returns:
-        The chains after n_steps, same shape as x.
+        The chains after ``n_steps`` updates, same shape as x.
+
+    Raises:
+        ValueError: if the chains end with NaN or infinite values (the step is too large).
     """
     _checks.batch(x)
     _checks.positive_number(step_size, "step_size")
@@ -61,22 +71,27 @@ def langevin(score_fn, x, step_size, n_steps, *, generator=None, callback=None, 
 
 @torch.no_grad()
 def mala(log_prob_fn, score_fn, x, step_size, n_steps, *, generator=None, callback=None, progress=False):
-    """Metropolis-adjusted Langevin algorithm (Roberts & Tweedie 1996; Chapter 1).
+    """Metropolis-adjusted Langevin algorithm (Roberts & Tweedie 1996; Chapter 1, Removing the bias).
 
-    Proposes y = x + eps s(x) + sqrt(2 eps) z, i.e. q(y | x) = N(y; x + eps s(x), 2 eps I), and
-    accepts with probability min(1, p(y) q(x | y) / (p(x) q(y | x))), independently for every
-    chain. The chain leaves p exactly invariant for any eps > 0; only the acceptance rate and the
-    mixing speed depend on eps.
+    Proposes y = x + ε s(x) + √(2ε) z, i.e. q(y | x) = N(y; x + ε s(x), 2ε I), and accepts with
+    probability min(1, p(y) q(x | y) / (p(x) q(y | x))), independently for every chain. The chain
+    leaves p exactly invariant for any ε > 0; only the acceptance rate and the mixing speed depend
+    on ε.
 
     Args:
         log_prob_fn: callable x -> log p(x) up to a constant, shape [batch].
-        score_fn: callable x -> grad log p(x), same shape as x.
+        score_fn: callable x -> ∇log p(x), same shape as x.
         x: [batch, ...] starting points.
-        step_size: eps > 0.
+        step_size: ε > 0.
         n_steps: number of proposals.
+        generator: the torch.Generator of the proposals and of the accept/reject draws.
+        callback: called as ``callback({'i': i, 'x': x, 'accepted': accept})`` after every step,
+            ``accept`` a [batch] boolean tensor.
+        progress: show a progress bar.
+
     Returns:
-        (x, acceptance_rate): the chains and the fraction of accepted proposals over all chains
-        and steps (a 0-d tensor).
+        A pair ``(x, acceptance_rate)``, the chains and the fraction of accepted proposals over all
+        chains and steps (a 0-d tensor).
     """
     _checks.batch(x)
     _checks.positive_number(step_size, "step_size")
@@ -110,23 +125,35 @@ def mala(log_prob_fn, score_fn, x, step_size, n_steps, *, generator=None, callba
 @torch.no_grad()
 def annealed_langevin(score_fn, x, sigmas, *, step_lr=2e-5, n_steps_each=100, denoise=False, mask=None,
                       x_known=None, generator=None, callback=None, progress=False):
-    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; Chapter 6).
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1; Chapter 6, The algorithm).
 
-    For each level σ_i, largest first, run n_steps_each Langevin steps on p_{σ_i} with
+    For each level σ_i, largest first, run ``n_steps_each`` Langevin steps on p_{σ_i} with::
 
         α_i = step_lr · σ_i² / σ_L²,   x ← x + α_i s(x, σ_i) + √(2 α_i) z.
 
     This is the update of the reference code; the paper writes x + (α_i/2) s + √α_i z, the same
-    chain with its α twice ours. step_lr is therefore the step at the last, smallest level.
+    chain with its α twice ours. ``step_lr`` is therefore the step at the last, smallest level.
 
     Args:
         score_fn: s(x, sigma) with sigma a [batch] tensor (every entry equal to σ_i).
         x: [batch, ...] starting points (NCSN starts from uniform noise; N(0, σ₁²I) also works).
         sigmas: strictly decreasing noise levels σ₁ > … > σ_L.
+        step_lr: the step at the smallest level (Chapter 6, The step-size rule).
+        n_steps_each: Langevin steps per level.
         denoise: finish with the Tweedie step x + σ_L² s(x, σ_L), the posterior mean of the
-            clean sample (Chapter 4).
-        mask, x_known: inpainting. Where mask is 1 the pixels are known: at each level they are
-            set to x_known + σ_i z (one z per level), and re-imposed after every step.
+            clean sample (Chapter 4; Chapter 6, The final denoising step; Jolicoeur-Martineau et
+            al. 2021).
+        mask: inpainting (Song & Ermon 2019; Chapter 7, Inpainting), a tensor that broadcasts to
+            x, 1 where the pixels are known: at each level they are set to x_known + σ_i z (one z
+            per level), and re-imposed after every step.
+        x_known: the known pixels, with ``mask``.
+        generator: the torch.Generator of the noise.
+        callback: called as ``callback({'i': i, 't': t, 'sigma': sigma, 'x': x})`` after every step,
+            i the level and t the step within it.
+        progress: show a progress bar.
+
+    Returns:
+        The samples, same shape as x.
     """
     _checks.batch(x)
     sigmas = check_decreasing(sigmas)
@@ -164,16 +191,17 @@ def annealed_langevin(score_fn, x, sigmas, *, step_lr=2e-5, n_steps_each=100, de
 
 
 def inverse_cdf(log_prob_fn, n, *, low, high, n_grid=4097, generator=None):
-    """Sample a 1-D density by inverting its tabulated CDF (Chapter 1).
+    """Sample a 1-D density by inverting its tabulated CDF (Devroye 1986; Chapter 1, Sampling in one
+    dimension).
 
-    The unnormalised density exp(log_prob_fn(t)) is tabulated on n_grid points of [low, high],
+    The unnormalised density exp(log_prob_fn(t)) is tabulated on ``n_grid`` points of [low, high],
     integrated with the trapezoidal rule, normalised, and inverted by linear interpolation:
-    x = F^{-1}(u), u ~ U(0, 1). Mass outside [low, high] is ignored, so the interval must hold
+    x = F⁻¹(u), u ~ U(0, 1). Mass outside [low, high] is ignored, so the interval must hold
     essentially all of it. The cost of the table grows like n_grid^D in D dimensions, which is
     why this method stops at one or two dimensions.
 
     Returns:
-        [n] samples.
+        A float64 tensor of ``n`` samples.
     """
     _checks.non_negative_int(n, "n")
     if not (float(high) > float(low)):
@@ -206,9 +234,13 @@ def _time_batch(t, x):
 
 
 def euler_maruyama_coefficients(sde, t, t_next):
-    """Euler–Maruyama for the reverse SDE dx = [f − g² s] dt + g dW̄ from t down to t_next, h = t − t_next:
+    """The Euler–Maruyama predictor (Kloeden & Platen 1992; Song et al. 2021; Chapter 9): one step of
+    the reverse SDE dx = [f(t) x − g(t)² s] dt + g(t) dW̄ from t down to t_next, h = t − t_next::
 
         x_mean = x − [f(t) x − g(t)² s] h = (1 − f(t) h) x + g(t)² h s,   x = x_mean + g(t) √h z.
+
+    Returns:
+        The floats ``(c1, c2, c3)`` of the update x_mean = c1 x + c2 s(x, t), x = x_mean + c3 z.
     """
     h = t - t_next
     tt = torch.tensor(t, dtype=torch.float64)
@@ -217,26 +249,33 @@ def euler_maruyama_coefficients(sde, t, t_next):
 
 
 def reverse_diffusion_coefficients(sde, t, t_next):
-    """The reverse-diffusion predictor of Song et al. (2021, App. E): the forward step from t_next
-    to t, x_t = x_{t_next} + f + G z with f = (a − 1) x and G = b (`SDE.transition`), run backwards:
+    """The reverse-diffusion predictor of Song et al. (2021, App. E; Chapter 9): the forward step from
+    t_next to t, x_t = x_{t_next} + f + G z with f = (a − 1) x and G = b (``SDE.transition``), run
+    backwards::
 
         x_mean = x − f + G² s = (2 − a) x + b² s,   x = x_mean + b z.
 
     For VE this is the NCSN chain reversed, for VP the DDPM chain to first order in β.
+
+    Returns:
+        The floats ``(c1, c2, c3)`` of the update x_mean = c1 x + c2 s(x, t), x = x_mean + c3 z.
     """
     a, b = (float(v) for v in sde.transition(t_next, t))
     return 2 - a, b**2, b
 
 
 def ancestral_coefficients(sde, t, t_next):
-    """Ancestral sampling (Ho et al. 2020; Song et al. 2021, App. F): draw x_{t_next} from the
-    Gaussian q(x_{t_next} | x_t, x₀) with x₀ replaced by Tweedie's estimate (x + σ(t)² s)/α(t).
-    With x_t = a x_{t_next} + b z this gives
+    """Ancestral sampling (Ho et al. 2020; Song et al. 2021, App. F; Chapter 9): draw x_{t_next} from
+    the Gaussian q(x_{t_next} | x_t, x₀) with x₀ replaced by Tweedie's estimate (x + σ(t)² s)/α(t).
+    With x_t = a x_{t_next} + b z this gives::
 
         x_mean = (x + b² s) / a,   x = x_mean + (b σ(t_next)/σ(t)) z:
 
     for VE the reference's x + (σ_i² − σ_{i−1}²) s with std √(σ_{i−1}²(σ_i² − σ_{i−1}²)/σ_i²), for VP
     DDPM's (x + β s)/√(1 − β) with its posterior variance β̃.
+
+    Returns:
+        The floats ``(c1, c2, c3)`` of the update x_mean = c1 x + c2 s(x, t), x = x_mean + c3 z.
     """
     a, b = (float(v) for v in sde.transition(t_next, t))
     std, std_next = float(sde.marginal(t)[1]), float(sde.marginal(t_next)[1])
@@ -254,8 +293,13 @@ def _predict(coefficients, score_fn, x, t, generator):
 
 
 def predictor_step(name, sde, score_fn, x, t, t_next, generator=None):
-    """One step of the predictor `name` ('euler_maruyama', 'reverse_diffusion' or 'ancestral')
-    from t down to t_next: returns (x, x_mean)."""
+    """One step of the predictor ``name`` (``'euler_maruyama'``, ``'reverse_diffusion'`` or
+    ``'ancestral'``) of Song et al. (2021) from t down to t_next (Chapter 9, Predictors, correctors
+    and predictor–corrector sampling).
+
+    Returns:
+        A pair ``(x, x_mean)``, the new state and its mean before the noise is added.
+    """
     if name not in PREDICTORS:
         raise ValueError(f"predictor must be one of {list(PREDICTORS)}; got {name!r}")
     return _predict(PREDICTORS[name](sde, t, t_next), score_fn, x, t, generator)
@@ -267,8 +311,12 @@ def _batch_norm(t):
 
 def langevin_corrector(sde, score_fn, x, t, *, snr, n_steps=1, alpha=1.0, generator=None):
     """Langevin steps on p_t with the step set by a signal-to-noise ratio r (Song et al. 2021,
-    Algorithm 4): ε = 2 α (r ‖z‖ / ‖s(x, t)‖)², then x ← x + ε s + √(2ε) z, the norms averaged
-    over the batch as in the reference code. α is 1 for VE and 1 − β_i for VP (the caller passes it).
+    Algorithm 4; Chapter 9): ε = 2 α (r ‖z‖ / ‖s(x, t)‖)², then x ← x + ε s + √(2ε) z, the norms
+    averaged over the batch as in the reference code. α is 1 for VE and 1 − β_i for VP (the
+    caller passes it).
+
+    Returns:
+        A pair ``(x, x_mean)``, the new state and its value before the last noise was added.
     """
     tb = _time_batch(t, x)
     x_mean = x
@@ -282,8 +330,13 @@ def langevin_corrector(sde, score_fn, x, t, *, snr, n_steps=1, alpha=1.0, genera
 
 
 def annealed_langevin_corrector(sde, score_fn, x, t, *, snr, n_steps=1, alpha=1.0, generator=None):
-    """Annealed-Langevin steps at the level of time t: ε = 2 α (r σ(t))², x ← x + ε s + √(2ε) z
-    (the NCSN step rule of Chapter 6 with the step tied to σ(t))."""
+    """Annealed-Langevin steps at the level of time t: ε = 2 α (r σ(t))², x ← x + ε s + √(2ε) z, the
+    NCSN step rule (Song & Ermon 2019; Chapter 6) with the step tied to σ(t), as in the ``ald``
+    corrector of the reference code of Song et al. (2021) (Chapter 9).
+
+    Returns:
+        A pair ``(x, x_mean)``, the new state and its value before the last noise was added.
+    """
     tb = _time_batch(t, x)
     step = 2 * alpha * (snr * float(sde.marginal(t)[1])) ** 2
     x_mean = x
@@ -297,7 +350,9 @@ CORRECTORS = {"langevin": langevin_corrector, "ald": annealed_langevin_corrector
 
 
 def initial_state(sde, shape_or_x, generator=None, dtype=None, device=None):
-    """x itself when a tensor is given, else a draw of the given shape from the SDE's prior."""
+    """The starting state of a sampler (Chapter 9): ``shape_or_x`` itself when it is a tensor, else a
+    draw of that shape from the SDE's prior (``sde.prior_sample``).
+    """
     if isinstance(shape_or_x, torch.Tensor):
         return _checks.batch(shape_or_x, "shape_or_x")
     shape = tuple(shape_or_x)
@@ -307,7 +362,9 @@ def initial_state(sde, shape_or_x, generator=None, dtype=None, device=None):
 
 
 def tweedie_denoise(sde, score_fn, x, t):
-    """E[x₀ | x_t] = (x_t + σ(t)² s(x_t, t)) / α(t) (Tweedie's formula, Chapter 4)."""
+    """Tweedie's formula (Efron 2011; Chapter 4, Tweedie's formula): E[x₀ | x_t] =
+    (x_t + σ(t)² s(x_t, t)) / α(t), the final denoising step of the samplers of Chapter 9.
+    """
     alpha, std = (float(v) for v in sde.marginal(t))
     return (x + std**2 * score_fn(x, _time_batch(t, x))) / alpha
 
@@ -318,21 +375,33 @@ def pc_sampler(sde, score_fn, shape_or_x, *, n_steps=1000, predictor="reverse_di
                dtype=None, device=None, callback=None, progress=False):
     """Predictor–corrector sampling of a score SDE (Song et al. 2021, Algorithm 1; Chapter 9).
 
-    On the grid t_0 = T > t_1 > … > t_n = eps (`companion.sde.time_grid`), for i = 0 … n − 1:
-    the corrector runs `n_corrector_steps` Langevin steps at t_i, then the predictor moves x from
+    On the grid t_0 = T > t_1 > … > t_n = eps (``companion.sde.time_grid``), for i = 0 … n − 1:
+    the corrector runs ``n_corrector_steps`` Langevin steps at t_i, then the predictor moves x from
     t_i to t_{i+1}. The corrector comes first, as in the reference code (the paper's Algorithm 1
     lists the predictor first; the difference is one corrector pass at T instead of at eps).
-    Finally, with denoise=True, x is replaced by Tweedie's E[x₀ | x_eps] (one more evaluation).
+    Finally, with ``denoise=True``, x is replaced by Tweedie's E[x₀ | x_eps] (one more evaluation).
 
     Args:
-        sde: a `companion.sde` process. score_fn: s(x, t) with t a [batch] tensor.
+        sde: a process of ``companion.sde``.
+        score_fn: s(x, t) with t a [batch] tensor.
         shape_or_x: the starting state, or a shape to draw it from the prior.
-        predictor: 'euler_maruyama', 'reverse_diffusion', 'ancestral' or None.
-        corrector: 'langevin' (step from the signal-to-noise ratio `snr`), 'ald' or None.
-        eps: the time to stop at; `sde.default_eps` (1e-5 for VE, 1e-3 for VP and sub-VP) if None.
-        grid: 'uniform', 'geometric' or 'edm' (see `time_grid`).
+        n_steps: the number of predictor steps n.
+        predictor: ``'euler_maruyama'``, ``'reverse_diffusion'``, ``'ancestral'`` or None.
+        corrector: ``'langevin'`` (step from the signal-to-noise ratio ``snr``), ``'ald'`` or None.
+        snr: the signal-to-noise ratio r of the corrector.
+        n_corrector_steps: corrector steps per time.
+        eps: the time to stop at; ``sde.default_eps`` (1e-5 for VE, 1e-3 for VP and sub-VP) if None.
+        grid: ``'uniform'``, ``'geometric'`` or ``'edm'`` (see ``time_grid``).
+        denoise: finish with Tweedie's denoising step.
+        generator: the torch.Generator of the prior draw and the noise.
+        dtype: the dtype of the prior draw.
+        device: the device of the prior draw.
+        callback: called as ``callback({'i': i, 't': t_next, 'x': x, 'x_mean': x_mean})`` after
+            every step.
+        progress: show a progress bar.
+
     Returns:
-        (x, nfe): the samples and the number of score evaluations.
+        A pair ``(x, nfe)``, the samples and the number of score evaluations.
     """
     if predictor is not None and predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {list(PREDICTORS)} or None; got {predictor!r}")

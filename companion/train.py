@@ -1,7 +1,9 @@
-"""Training loops.
+"""Training loops (Chapters 3 to 7 and 9).
 
-`fit` is the small loop the toy chapters use: Adam on minibatches drawn from a fixed data tensor,
-with an explicit generator so that a chapter trains the same model on every run.
+``fit`` is the small loop the toy chapters use: Adam on minibatches drawn from a fixed data
+tensor, with an explicit generator so that a chapter trains the same model on every run.
+``train`` is the loop of the image NCSN (Chapter 7): EMA, checkpoints, resumption and data
+parallelism.
 """
 
 import torch
@@ -12,14 +14,20 @@ from . import _checks
 
 
 def fit(loss_fn, model, data, *, n_steps, batch_size=256, lr=1e-3, generator=None, callback=None, progress=False):
-    """Minimise loss_fn(model, batch) with Adam; returns the per-step losses as a [n_steps] tensor.
+    """Minimise loss_fn(model, batch) with Adam (Chapters 3 to 5 and 9); returns the per-step losses
+    as an [n_steps] tensor.
 
     Args:
         loss_fn: callable (model, batch) -> scalar tensor, e.g.
-            `lambda net, x: dsm_loss(net, x, 0.1, generator=g)`.
+            ``lambda net, x: dsm_loss(net, x, 0.1, generator=g)``.
         model: a torch.nn.Module (trained in place).
-        data: [N, ...] training points; each step draws `batch_size` of them with replacement.
-        callback: called as callback({'i', 'loss', 'model'}) after every step.
+        data: [N, ...] training points; each step draws ``batch_size`` of them with replacement.
+        n_steps: the number of steps.
+        batch_size: the minibatch size.
+        lr: Adam's learning rate.
+        generator: the torch.Generator of the minibatch indices.
+        callback: called as ``callback({'i': i, 'loss': loss, 'model': model})`` after every step.
+        progress: show a progress bar.
     """
     _checks.batch(data, "data")
     _checks.non_negative_int(n_steps, "n_steps")
@@ -41,7 +49,9 @@ def fit(loss_fn, model, data, *, n_steps, batch_size=256, lr=1e-3, generator=Non
 
 
 def save_checkpoint(state, path):
-    """torch.save to a temporary file beside `path`, then rename: a kill never leaves a torn file."""
+    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves a torn file
+    (Chapter 7, Training on MNIST).
+    """
     import os
     from pathlib import Path
 
@@ -53,7 +63,9 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path, device=None):
-    """Load a checkpoint saved by `train`, with weights_only=True (no code is unpickled)."""
+    """Load a checkpoint saved by ``train``, with ``weights_only=True`` (no code is unpickled)
+    (Chapter 7).
+    """
     return torch.load(path, map_location=device, weights_only=True)
 
 
@@ -67,29 +79,41 @@ def _process_group():
 def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3, ema_decay=0.999, grad_clip=None,
           checkpoint_every=500, seed=0, transform=None, config=None, compile=False, progress=False, callback=None):
     """The training loop for any score-matching loss: Adam, EMA of the weights, optional gradient
-    clipping, atomic checkpoints, resumption, and data-parallel training (Chapter 7).
+    clipping, atomic checkpoints, resumption, and data-parallel training (Chapter 7, Training on
+    MNIST).
 
     Args:
         loss_fn: callable (model, batch, generator) -> scalar tensor, the mean over the batch.
-        model: the network, already on its device; `data` is moved there once.
-        data: [N, ...] training examples; each step draws `batch_size` of them with replacement.
-        out_dir: where `checkpoint.pt` is written every `checkpoint_every` steps and at the end.
+        model: the network, already on its device; ``data`` is moved there once.
+        data: [N, ...] training examples; each step draws ``batch_size`` of them with replacement.
+        n_steps: the total number of steps, counting those of a resumed run.
+        out_dir: where ``checkpoint.pt`` is written every ``checkpoint_every`` steps and at the end.
             If it already holds one, training resumes from it: weights, EMA, optimiser, step and
             random state, so that an interrupted run continues exactly as an uninterrupted one
             would and loses at most the steps since the last checkpoint.
+        batch_size: the global batch size.
+        lr: Adam's learning rate.
+        ema_decay: the decay of the ``EMA``.
+        grad_clip: the maximum gradient norm, or None.
+        checkpoint_every: steps between checkpoints.
+        seed: the seed of the random streams.
         transform: callable (batch, generator) -> batch applied to every draw (e.g. dequantisation).
         config: a dict of plain values stored in the checkpoint (the recipe that made it).
         compile: run the model through torch.compile (1.6× the images per second of the NCSN at
             the MNIST configuration on a CPU, benchmarks/ncsn_throughput.py, after a compilation
             of a minute or two); the checkpoints hold the plain model's weights either way.
+        progress: show a progress bar (process 0 only).
+        callback: called as ``callback({'step': step, 'loss': loss, 'model': model, 'ema': ema})``
+            after every step.
+
     Returns:
-        (ema, losses): the EMA helper (its weights are the ones to sample with) and the losses of
-        the steps run in this call, a tensor on the model's device.
+        A pair ``(ema, losses)``, the EMA helper (its weights are the ones to sample with) and the
+        losses of the steps run in this call, a tensor on the model's device.
 
     Data parallel: called in every process of an initialised torch.distributed group (as
-    `torchrun` starts them), the model is wrapped in DistributedDataParallel and `batch_size`
-    is the global batch. Every process draws the same global batch indices from a shared
-    generator and trains on its own slice of them, with its own stream for the noise; the
+    ``torchrun`` starts them), the model is wrapped in DistributedDataParallel (Li et al. 2020) and
+    ``batch_size`` is the global batch. Every process draws the same global batch indices from a
+    shared generator and trains on its own slice of them, with its own stream for the noise; the
     gradients are averaged, so a step equals one step of a single process on the whole batch.
     Process 0 writes the checkpoints, which hold every process's noise stream.
     """

@@ -1,8 +1,10 @@
-"""ipywidgets controls used by the chapters.
+"""ipywidgets controls used by the chapters, and the functions behind their figures (Chapters 1 to
+6 and 9).
 
-Each function builds its controls and returns the widget; a chapter displays it in one call.
-The website cannot run them (there is no kernel behind a static page), so every chapter shows a
-static figure of a few settings beside each control.
+Each ``*_explorer`` function builds its controls and returns the widget; a chapter displays it in
+one call. The website cannot run them (there is no kernel behind a static page), so every
+chapter shows a static figure of a few settings beside each control. The ``flawed_*`` functions
+reproduce wrong samplers from a source note for Chapter 9.
 """
 
 
@@ -28,7 +30,7 @@ def mixture_score_explorer(xlim=(-5, 5), ylim=(-5, 5), variance=1.0, n_arrows=17
     """Sliders that move the two means of a two-component isotropic Gaussian mixture
     w N(mu_1, v I) + (1 - w) N(mu_2, v I) in the plane and set the weight w; every change redraws
     the density (filled contours), the score field (arrows) and the means (red crosses) with
-    `companion.plotting.mixture_panel`. A checkbox switches between unit arrows (direction only)
+    ``companion.plotting.mixture_panel``. A checkbox switches between unit arrows (direction only)
     and arrows scaled by the length of the score.
 
     Used in Chapter 2 (score functions and energy-based models) to watch the stationary points of
@@ -75,7 +77,7 @@ def mixture_score_explorer(xlim=(-5, 5), ylim=(-5, 5), variance=1.0, n_arrows=17
 
 
 def langevin_targets():
-    """The 1-D targets offered by `langevin_explorer`, as a dict name -> distribution:
+    """The 1-D targets offered by ``langevin_explorer``, as a dict name -> distribution:
     the standard Gaussian, for which ULA's stationary law is known in closed form
     (N(0, 1 / (1 - eps/2)), Chapter 1), and a two-mode mixture 0.7 N(-1.5, 0.5^2) + 0.3 N(1.5, 0.5^2),
     whose narrow components make ULA unstable for eps >= 2 * 0.5^2 = 0.5 near the modes.
@@ -94,10 +96,10 @@ def langevin_targets():
 
 def draw_langevin_state(target="Gaussian N(0, 1)", method="ULA", step_size=0.1, n_steps=100, x_init=3.0,
                         n_chains=5000, seed=0, xlim=(-5, 5), ax=None):
-    """Run `n_chains` chains of ULA (`companion.samplers.langevin`) or MALA (`companion.samplers.mala`)
-    with step size `step_size` for `n_steps` steps, all started at `x_init`, on one of the 1-D targets
-    of `langevin_targets` (a name, or any 1-D distribution with log_prob and score), and draw the
-    histogram of the chains against the target density with `companion.plotting.samples_hist_1d`.
+    """Run ``n_chains`` chains of ULA (``companion.samplers.langevin``) or MALA (``companion.samplers.mala``)
+    with step size ``step_size`` for ``n_steps`` steps, all started at ``x_init``, on one of the 1-D targets
+    of ``langevin_targets`` (a name, or any 1-D distribution with log_prob and score), and draw the
+    histogram of the chains against the target density with ``companion.plotting.samples_hist_1d``.
 
     For the Gaussian target and ULA with step_size < 2 it also draws ULA's stationary law
     N(0, 1 / (1 - step_size / 2)) as a dashed curve (the discretisation bias of Chapter 1). If the
@@ -143,9 +145,9 @@ def draw_langevin_state(target="Gaussian N(0, 1)", method="ULA", step_size=0.1, 
 
 def langevin_explorer(n_chains=5000, seed=0):
     """Controls for Langevin sampling on a 1-D target (Chapter 1, Langevin dynamics): the target
-    (see `langevin_targets`), the method (ULA or MALA), the step size eps (log scale, 1e-3 to 3),
-    the number of steps and the starting point. Every change reruns `n_chains` chains and redraws
-    their histogram against the target density with `draw_langevin_state` (for the Gaussian and
+    (see ``langevin_targets``), the method (ULA or MALA), the step size eps (log scale, 1e-3 to 3),
+    the number of steps and the starting point. Every change reruns ``n_chains`` chains and redraws
+    their histogram against the target density with ``draw_langevin_state`` (for the Gaussian and
     ULA, also ULA's biased stationary law). Needs ipywidgets and a running kernel; returns the widget.
     """
     import ipywidgets as widgets
@@ -182,7 +184,8 @@ def langevin_explorer(n_chains=5000, seed=0):
 
 def dsm_example_mixture(dtype=None):
     """The two-dimensional three-component Gaussian mixture of Chapter 4 (denoising score matching):
-    weights (0.5, 0.3, 0.2), means (-2, -1), (2, -1), (0, 2), small full covariances."""
+    weights (0.5, 0.3, 0.2), means (-2, -1), (2, -1), (0, 2), small full covariances.
+    """
     import torch
 
     from .distributions import GaussianMixture
@@ -198,8 +201,8 @@ def dsm_example_mixture(dtype=None):
 def tweedie_explorer(mixture=None, xlim=(-5, 5), ylim=(-5, 5), n_noisy=12):
     """Controls for Chapter 4 (denoising score matching): a log-scale slider for the noise level
     sigma (0.05 to 5), a slider for the number of noisy points and a checkbox for the score arrows.
-    Every change redraws, with `companion.plotting.tweedie_panel`, the perturbed density
-    p_sigma = p * N(0, sigma^2 I) of `mixture` (default: `dsm_example_mixture()`), its score field,
+    Every change redraws, with ``companion.plotting.tweedie_panel``, the perturbed density
+    p_sigma = p * N(0, sigma^2 I) of ``mixture`` (default: ``dsm_example_mixture()``), its score field,
     and noisy points x~ = x + sigma z joined to their Tweedie denoisings
     E[x | x~] = x~ + sigma^2 grad log p_sigma(x~). The clean points and the noise are fixed, so
     moving the slider moves every noisy point along its own ray. Needs ipywidgets and a running
@@ -242,7 +245,7 @@ HUTCHINSON_PROBES = ("gaussian", "rademacher", "sphere", "unit sphere")
 
 def hutchinson_demo_matrix(dim=8, seed=0):
     """A fixed, non-symmetric dim x dim matrix A = G / sqrt(dim) + I (G with standard normal
-    entries drawn from `seed`), float64: the stand-in for a Jacobian ∇ₓs(x) in the Hutchinson
+    entries drawn from ``seed``), float64: the stand-in for a Jacobian ∇ₓs(x) in the Hutchinson
     figures of Chapter 3 (score matching). A learned score's Jacobian need not be symmetric, and
     only the symmetric part of A enters the quadratic forms vᵀAv.
     """
@@ -268,8 +271,8 @@ def _hutchinson_variance(matrix, probe):
 
 
 def hutchinson_estimates(matrix, probe="gaussian", n_probes=1, n_repeats=4000, seed=0):
-    """`n_repeats` independent Hutchinson estimates of tr(matrix), each the mean of `n_probes`
-    quadratic forms vᵀAv, computed by `companion.losses.hutchinson_trace` on the linear field
+    """``n_repeats`` independent Hutchinson estimates of tr(matrix), each the mean of ``n_probes``
+    quadratic forms vᵀAv, computed by ``companion.losses.hutchinson_trace`` on the linear field
     s(x) = A x, whose Jacobian is A everywhere. probe is 'gaussian', 'rademacher', 'sphere'
     (uniform on the sphere of radius √D, so that E[v vᵀ] = I) or 'unit sphere' (radius 1: the
     estimates then average tr(A) / D, the bias of unit-norm probes). Returns a [n_repeats] tensor
@@ -291,10 +294,10 @@ def hutchinson_estimates(matrix, probe="gaussian", n_probes=1, n_repeats=4000, s
 
 
 def draw_hutchinson_estimates(matrix=None, probe="gaussian", n_probes=1, n_repeats=4000, seed=0, xlim=None, ax=None):
-    """Histogram of `hutchinson_estimates(matrix, probe, n_probes, n_repeats, seed)` with the true
+    """Histogram of ``hutchinson_estimates(matrix, probe, n_probes, n_repeats, seed)`` with the true
     trace (solid line) and the mean of the estimates (dashed); the title reports the probe, the
     number of probes, and the empirical standard deviation against the theoretical one,
-    sqrt(Var(vᵀAv) / n_probes). `matrix` defaults to `hutchinson_demo_matrix()`. Used for the
+    sqrt(Var(vᵀAv) / n_probes). ``matrix`` defaults to ``hutchinson_demo_matrix()``. Used for the
     static figure and the interactive control of Chapter 3 (score matching); returns the Axes.
     """
     import matplotlib.pyplot as plt
@@ -323,8 +326,8 @@ def hutchinson_explorer(matrix=None, n_repeats=4000, seed=0):
     """Controls for Hutchinson's trace estimator (Chapter 3, score matching): the kind of probe
     (Gaussian, Rademacher, uniform on the sphere of radius √D, or unit-norm, which is biased)
     and the number of probes averaged per estimate. Every change redraws the histogram of
-    `n_repeats` estimates of tr A with `draw_hutchinson_estimates`, on a fixed axis so that
-    settings compare. `matrix` defaults to `hutchinson_demo_matrix()`.
+    ``n_repeats`` estimates of tr A with ``draw_hutchinson_estimates``, on a fixed axis so that
+    settings compare. ``matrix`` defaults to ``hutchinson_demo_matrix()``.
 
     The plot is sent to an Image widget as PNG bytes rather than displayed into an Output widget,
     so that nothing leaks into the notebook cell's own outputs when the chapter is replayed
@@ -361,7 +364,8 @@ def hutchinson_explorer(matrix=None, n_repeats=4000, seed=0):
 
 def ald_example_mixture(dtype=None):
     """The two-mode mixture of Chapter 6: 0.8 N((5, 5), I) + 0.2 N((-5, -5), I), the example of
-    Song & Ermon (2019) on which plain Langevin dynamics loses the weights."""
+    Song & Ermon (2019) on which plain Langevin dynamics loses the weights.
+    """
     import torch
 
     from .distributions import GaussianMixture
@@ -372,8 +376,10 @@ def ald_example_mixture(dtype=None):
 
 
 def exact_perturbed_score(mixture):
-    """s(x, σ) = ∇ log p_σ(x) of a GaussianMixture, in the signature of the samplers (σ a [batch]
-    tensor whose entries are all equal, as annealed_langevin passes it)."""
+    """s(x, σ) = ∇ log p_σ(x) of a GaussianMixture, exact, in the signature of the samplers (σ a
+    [batch] tensor whose entries are all equal, as ``annealed_langevin`` passes it): the exact
+    scores of Chapter 6.
+    """
 
     def score(x, sigma):
         return mixture.perturb(float(sigma.reshape(-1)[0])).score(x)
@@ -382,11 +388,15 @@ def exact_perturbed_score(mixture):
 
 
 def ald_samples(step_lr, n_steps_each, n=1000, seed=0, mixture=None, sigmas=None):
-    """Annealed Langevin samples of `mixture` (default `ald_example_mixture()`) with its exact
-    perturbed scores, started uniformly on [-8, 8]², on `sigmas` (default: 10 geometric levels
-    from 20 to 0.1). Returns (samples, weight of the upper mode measured as the fraction with
-    x₁ + x₂ > 0); samples is None (and the weight NaN) when the chains diverge, i.e. return
-    NaN or points farther than 100 from the origin."""
+    """Annealed Langevin samples of ``mixture`` (default ``ald_example_mixture()``) with its exact
+    perturbed scores, started uniformly on [−8, 8]², on ``sigmas`` (default: 10 geometric levels
+    from 20 to 0.1), for the step-size exploration of Chapter 6.
+
+    Returns:
+        A pair ``(samples, weight)``, weight the fraction of samples with x₁ + x₂ > 0 (the weight of
+        the upper mode); samples is None and the weight NaN when the chains diverge, i.e. return
+        NaN or points farther than 100 from the origin in some coordinate.
+    """
     import torch
 
     from . import schedules
@@ -407,8 +417,10 @@ def ald_samples(step_lr, n_steps_each, n=1000, seed=0, mixture=None, sigmas=None
 
 
 def draw_ald_samples(step_lr, n_steps_each, n=1000, seed=0, ax=None, lim=9.0):
-    """Scatter the samples of `ald_samples(step_lr, n_steps_each)` on the two-mode mixture, with the
-    measured weight of the upper mode (0.8 is right) in the title. Returns the Axes."""
+    """Scatter the samples of ``ald_samples(step_lr, n_steps_each)`` on the two-mode mixture, with the
+    measured weight of the upper mode (0.8 is right) in the title (Chapter 6, Exploring the step
+    size and the number of steps). Returns the Axes.
+    """
     import matplotlib.pyplot as plt
 
     from .plotting import samples_2d
@@ -427,12 +439,13 @@ def draw_ald_samples(step_lr, n_steps_each, n=1000, seed=0, ax=None, lim=9.0):
 
 
 def ald_explorer(n=1000, seed=0):
-    """Controls for Chapter 6: the step at the last level (`step_lr`, log scale) and the number of
+    """Controls for Chapter 6: the step at the last level (``step_lr``, log scale) and the number of
     Langevin steps per level of annealed Langevin dynamics on the mixture
     0.8 N((5, 5), I) + 0.2 N((-5, -5), I) with exact perturbed scores; every change reruns the
     sampler and redraws the samples with the measured weight of the upper mode. The plot is sent
     to an Image widget as PNG bytes (nothing leaks into the cell's outputs without a widget front
-    end). Needs ipywidgets and a running kernel; returns the widget."""
+    end). Needs ipywidgets and a running kernel; returns the widget.
+    """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
@@ -459,13 +472,13 @@ def ald_explorer(n=1000, seed=0):
 
 def perturbed_mixture_explorer(mixture=None, xlim=(-10, 10), ylim=(-10, 10), n_arrows=17):
     """A log-scale slider for the noise level sigma (0.1 to 30) that redraws, with
-    `companion.plotting.mixture_panel`, the exact perturbed density p_sigma = p * N(0, sigma^2 I) of a
+    ``companion.plotting.mixture_panel``, the exact perturbed density p_sigma = p * N(0, sigma^2 I) of a
     Gaussian mixture p (filled contours), the direction of its score (unit arrows) and the means;
     the title reports the mass of p_sigma on the side of the first mean of the plane halfway between
     the first and the last mean (estimated from 20,000 samples of p_sigma).
 
     Used in Chapter 5 (why naive score-based sampling fails, and multi-scale noise) to watch the
-    separated modes of 0.8 N((5, 5), I) + 0.2 N((-5, -5), I) (the default `mixture`) merge into one
+    separated modes of 0.8 N((5, 5), I) + 0.2 N((-5, -5), I) (the default ``mixture``) merge into one
     Gaussian as sigma grows, which is what lets annealed Langevin dynamics move mass between them.
     Needs ipywidgets and a running kernel; returns the widget.
     """
@@ -511,8 +524,10 @@ def perturbed_mixture_explorer(mixture=None, xlim=(-10, 10), ylim=(-10, 10), n_a
 
 
 def flawed_euler_ode(score_fn, x, n_steps=100, dt=0.01):
-    """The flawed `euler_ode_sampler`: x ← x − dt·s(x), n_steps times, with a score that takes no
-    time. For s(x) = −x it multiplies x by (1 + dt)^n_steps: away from the data."""
+    """The flawed ``euler_ode_sampler`` of a source note (Chapter 9, Pitfalls in the source notes):
+    x ← x − dt·s(x), n_steps times, with a score that takes no time. For s(x) = −x it multiplies x
+    by (1 + dt)^n_steps, away from the data.
+    """
     import torch
 
     with torch.no_grad():
@@ -522,7 +537,9 @@ def flawed_euler_ode(score_fn, x, n_steps=100, dt=0.01):
 
 
 def flawed_heun_ode(score_fn, x, n_steps=100, dt=0.01):
-    """The flawed `heun_ode_sampler`: k₁ = −s(x), k₂ = −s(x + dt k₁), x ← x + dt (k₁ + k₂)/2."""
+    """The flawed ``heun_ode_sampler`` of a source note (Chapter 9, Pitfalls in the source notes):
+    k₁ = −s(x), k₂ = −s(x + dt k₁), x ← x + dt (k₁ + k₂)/2, n_steps times.
+    """
     import torch
 
     with torch.no_grad():
@@ -534,9 +551,11 @@ def flawed_heun_ode(score_fn, x, n_steps=100, dt=0.01):
 
 
 def flawed_adaptive_ode(score_fn, x, T=1.0, tol=1e-5):
-    """The flawed `adaptive_ode_sampler`: scipy's RK45 on dx/dt = −s(x) from t = T to 0, the
-    batch flattened into one state (the source handles one sample and crashes on a tensor that
-    requires grad; both are fixed here, the drift is not)."""
+    """The flawed ``adaptive_ode_sampler`` of a source note (Chapter 9, Pitfalls in the source notes):
+    scipy's RK45 on dx/dt = −s(x) from t = T to 0, the batch flattened into one state (the source
+    handles one sample and crashes on a tensor that requires grad; both are fixed here, the drift is
+    not).
+    """
     import torch
     from scipy.integrate import solve_ivp
 
@@ -551,10 +570,11 @@ def flawed_adaptive_ode(score_fn, x, T=1.0, tol=1e-5):
 
 
 def flawed_sde_sampler(sde, score_fn, x, n_steps=1000, generator=None):
-    """The flawed `sde_sampler` for VP: it evaluates the score and never uses it, and steps
-    x ← x + f(x, t) Δt + g(t) √Δt z with the *forward* drift f = −½β(t) x while t decreases, so it
-    simulates the forward process and returns about N(0, I) whatever the data. `score_fn(x, t)` is
-    called, as in the source, and ignored."""
+    """The flawed ``sde_sampler`` for VP of a source note (Chapter 9, Pitfalls in the source notes): it
+    evaluates the score and never uses it, and steps x ← x + f(x, t) Δt + g(t) √Δt z with the
+    *forward* drift f = −½β(t) x while t decreases, so it simulates the forward process and returns
+    about N(0, I) whatever the data. ``score_fn(x, t)`` is called, as in the source, and ignored.
+    """
     import torch
 
     dt = sde.T / n_steps
