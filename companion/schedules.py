@@ -91,8 +91,9 @@ def edm(sigma_max, sigma_min, n, rho=7.0, dtype=torch.float64):
 
         σ_i = (σ_max^(1/ρ) + (i−1)/(n−1) (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ,   i = 1 … n.
 
-    ρ = 1 is ``linear``, ρ → ∞ tends to ``geometric``, and ρ = 7 puts more levels at small σ than
-    the geometric schedule does.
+    ρ = 1 is ``linear`` and ρ → ∞ tends to ``geometric``; ρ = 7 lies between them, with more levels
+    at small σ than the linear schedule and fewer than the geometric one (from 80 to 0.002 in 40
+    levels: 9 below 0.1, against 15 for the geometric schedule).
 
     Args:
         sigma_max: the largest level σ₁ > sigma_min > 0.
