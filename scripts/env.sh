@@ -1,5 +1,6 @@
 # Sourced by book.sh and test.sh: creates .venv with the pinned environment of requirements.txt
 # (once, and again whenever requirements.txt or pyproject.toml change) and puts it on PATH.
+caller_options=$(set +o)  # restored at the end: sourcing this file must not change the caller's shell
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -13,3 +14,4 @@ if [ "$(cat .venv/.installed 2>/dev/null)" != "$want" ]; then
   echo "$want" > .venv/.installed
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
+eval "$caller_options"

@@ -17,7 +17,7 @@ class RemoveSolutions(SphinxTransform):
     default_priority = MergeGatedSolutions.default_priority + 1
 
     def apply(self):
-        if True:
+        if not self.config.student_edition:
             return
         for node in list(self.document.findall(solution_node)):
             node.parent.remove(node)
