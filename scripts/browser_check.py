@@ -32,6 +32,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 # Runs in the page once it has loaded: waits for MathJax, then reports what is wrong.
 INSPECT = """async () => {
+  if (document.readyState !== 'complete')
+    await new Promise(done => window.addEventListener('load', done, {once: true}));
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
   const problems = [];
   const maths = [...document.querySelectorAll('.math')];
@@ -76,13 +78,15 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def inspect(page, attempts=3):
-    """Run INSPECT, again on the new page if the page redirects itself (index.html does)."""
+    """Run INSPECT, again on the new page if the page redirects itself (index.html does): the
+    evaluation then fails in the old page, or finds the new one before it has a body."""
     for attempt in range(attempts):
         try:
             return page.evaluate(INSPECT)
-        except PlaywrightError as error:
-            if "navigation" not in str(error) or attempt == attempts - 1:
+        except PlaywrightError:
+            if attempt == attempts - 1:
                 raise
+            page.wait_for_timeout(500)
             page.wait_for_load_state("load")
 
 
