@@ -1,6 +1,7 @@
 """Input validation shared by the public functions: each check raises a ValueError that names
 the argument and says how to fix it."""
 
+import inspect
 import math
 
 import torch
@@ -63,6 +64,25 @@ def batch(x, name="x"):
     if x.ndim < 1:
         raise ValueError(f"{name} must have a leading batch dimension; got a 0-d tensor (use x.reshape(1, -1))")
     return x
+
+
+def time_score(score_fn, name="score_fn"):
+    """Check that a score of a score SDE can be called as score_fn(x, t) (Chapter 9)."""
+    if not callable(score_fn):
+        raise ValueError(f"{name} must be a callable s(x, t); got {type(score_fn).__name__}")
+    try:
+        signature = inspect.signature(score_fn)
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to inspect
+        return score_fn
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise ValueError(
+            f"{name} must take (x, t), the state and a [batch] tensor of times; got a callable with "
+            f"signature {signature}. For a noise-conditional model s(x, sigma) use "
+            "companion.nets.TimeConditioned; for a score of x alone there is no time to condition on"
+        ) from None
+    return score_fn
 
 
 def finite_result(x, what, hint):

@@ -170,6 +170,7 @@ def ode_sampler(sde, score_fn, shape_or_x, *, method="heun", n_steps=50, grid="e
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    _checks.time_score(score_fn)
     x = initial_state(sde, shape_or_x, generator, dtype, device)
     counted = _Counter(score_fn)
     eps = sde.default_eps if eps is None else eps
@@ -238,6 +239,7 @@ def log_likelihood(sde, score_fn, x, *, trace="exact", probe="rademacher", eps=N
     from torchdiffeq import odeint
 
     _checks.batch(x)
+    _checks.time_score(score_fn)
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"trace must be 'exact' or 'hutchinson'; got {trace!r}")
     if probe not in ("rademacher", "gaussian"):

@@ -409,6 +409,7 @@ def pc_sampler(sde, score_fn, shape_or_x, *, n_steps=1000, predictor="reverse_di
         raise ValueError(f"corrector must be one of {list(CORRECTORS)} or None; got {corrector!r}")
     if predictor is None and corrector is None:
         raise ValueError("pass a predictor, a corrector or both")
+    _checks.time_score(score_fn)
     _checks.non_negative_int(n_corrector_steps, "n_corrector_steps")
     if corrector is not None:
         _checks.positive_number(snr, "snr")

@@ -19,7 +19,7 @@ import torch
 from companion import losses, samplers, schedules
 from companion.distributions import Gaussian, GaussianMixture
 from companion.nets import NoiseConditionalMLP
-from companion.ode import ode_sampler
+from companion.ode import log_likelihood, ode_sampler
 from companion.refinenet import CondInstanceNormPlus
 from companion.scores import autograd_score
 from companion.sde import VESDE, VPSDE, SubVPSDE, time_grid
@@ -343,8 +343,11 @@ def test_e81_sde_samplers_call_the_score_with_x_and_t():
         assert isinstance(t, torch.Tensor) and t.shape == (8,)
         assert float(t.min()) >= sde.default_eps - 1e-12 and float(t.max()) <= sde.T
     assert len({round(float(t[0]), 9) for t in seen}) > 5  # the time changes along the trajectory
-    with pytest.raises((TypeError, ValueError)):
-        samplers.pc_sampler(sde, lambda x: -x, (8, 2), n_steps=2, generator=gen(19), dtype=F64)
+    for sample in (lambda s: samplers.pc_sampler(sde, s, (8, 2), n_steps=2, generator=gen(19), dtype=F64),
+                   lambda s: ode_sampler(sde, s, (8, 2), method="euler", n_steps=2, generator=gen(19), dtype=F64),
+                   lambda s: log_likelihood(sde, s, torch.zeros(2, 2, dtype=F64))):
+        with pytest.raises(ValueError, match=r"score_fn must take \(x, t\)"):
+            sample(lambda x: -x)
 
 
 # --- cross-seed ---------------------------------------------------------------------------------
