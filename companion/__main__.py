@@ -3,11 +3,14 @@
     python -m companion train ncsn --data mnist --data-path PATH --holdout 1000 --ngf 32 --steps N --out DIR
     python -m companion sample DIR/checkpoint.pt --n 64 --out samples.png
     python -m companion evaluate DIR/checkpoint.pt --data-path PATH --holdout 1000 --n 1000 --out DIR/eval
+    python -m companion evaluate DIR/checkpoint.pt ... --n 100 --from-level 36 --out DIR/eval36
     python -m companion classifier --data-path PATH --holdout 1000 --out classifier.pt
 
 Training resumes from DIR/checkpoint.pt when it exists, provided the recipe is the same; under
 `torchrun --nproc_per_node K -m companion train ...` it runs data-parallel on K processes.
 Sampling uses the EMA weights and annealed Langevin dynamics with NCSNv2's step-size rule.
+`--from-level i` starts the chains from held-out digits noised to σ_i instead of from noise: the
+confident share it gives, level by level, shows at which noise levels a model stops restoring digits.
 """
 
 import argparse
@@ -120,9 +123,13 @@ def train_ncsn(args):
 
 
 def draw_samples(model, sigmas, n, *, n_steps_each, step_lr=None, denoise=True, seed=0, batch_size=None,
-                 image_size=28, device="cpu", compile=False, progress=False):
+                 image_size=28, device="cpu", compile=False, progress=False, start=None):
     """n images by annealed Langevin dynamics from uniform noise, in batches of `batch_size`, with
-    NCSNv2's step size for n_steps_each unless step_lr is given. Returns (samples on the CPU, step_lr)."""
+    NCSNv2's step size for n_steps_each unless step_lr is given. Returns (samples on the CPU, step_lr).
+
+    With ``start`` (n images, on the CPU), the chains start from ``start`` + σ₁ z instead of uniform
+    noise and anneal over the ladder ``sigmas`` as given: with ``sigmas`` a tail of the model's
+    ladder, this asks how much of the image the levels of that tail can restore."""
     from .samplers import annealed_langevin
 
     if compile:
@@ -130,12 +137,19 @@ def draw_samples(model, sigmas, n, *, n_steps_each, step_lr=None, denoise=True, 
 
     gamma = (sigmas[0] / sigmas[1]).item() if len(sigmas) > 1 else 1.5
     step_lr = step_lr or schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, n_steps_each)
+    if start is not None and len(start) != n:
+        raise ValueError(f"start holds {len(start)} images; give one for each of the n = {n} samples")
     g = torch.Generator(device=device).manual_seed(seed)
     batch_size = batch_size or n
     out = []
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            x0 = torch.rand(min(batch_size, n - start), 1, image_size, image_size, generator=g, device=device)
+        for first in range(0, n, batch_size):
+            size = min(batch_size, n - first)
+            if start is None:
+                x0 = torch.rand(size, 1, image_size, image_size, generator=g, device=device)
+            else:
+                x0 = start[first : first + size].to(device)
+                x0 = x0 + sigmas[0].item() * torch.randn(x0.shape, generator=g, device=device)
             out.append(annealed_langevin(model, x0, sigmas.to(device), step_lr=step_lr, n_steps_each=n_steps_each,
                                          denoise=denoise, generator=g, progress=progress).cpu())
     return torch.cat(out), step_lr
@@ -192,14 +206,29 @@ def evaluate_ncsn(args):
     (train_images, _), (real, _) = split_mnist(args)
     baseline = train_images[: args.n]  # real digits, none held out
     classifier = load_digit_classifier(args.classifier)
+    start = None
+    if args.from_level is not None:
+        # Held-out digits noised to level i, then annealed from there: how well do the levels from
+        # sigma_i down restore a digit? The step size stays the full ladder's.
+        if not 1 <= args.from_level <= len(sigmas):
+            raise ValueError(f"--from-level must be between 1 and the {len(sigmas)} levels of the model; "
+                             f"got {args.from_level}")
+        if args.n > len(real):
+            raise ValueError(f"--from-level starts from held-out digits: --n must be at most {len(real)}")
+        start = real[: args.n, None].float() / 255
+        gamma = (sigmas[0] / sigmas[1]).item() if len(sigmas) > 1 else 1.5
+        args.step_lr = args.step_lr or schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, args.n_steps_each)
+        sigmas = sigmas[args.from_level - 1 :]
     started = time.perf_counter()
     x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
                               denoise=not args.no_denoise, seed=args.seed, batch_size=args.batch_size,
                               image_size=config["image_size"], device=device, compile=args.compile,
-                              progress=args.progress)
+                              progress=args.progress, start=start)
     seconds = time.perf_counter() - started
     report = digit_report(classifier, x.clamp(0, 1), real[:, None].float() / 255,
                           baseline=baseline[:, None].float() / 255)
+    if start is not None:
+        report.update({"from_level": args.from_level, "from_sigma": sigmas[0].item()})
     report.update({"n": args.n, "levels": len(sigmas), "n_steps_each": args.n_steps_each, "step_lr": step_lr,
                    "denoise": not args.no_denoise, "seed": args.seed, "weights": args.weights,
                    "sampling_seconds": round(seconds, 1), "classifier_accuracy": classifier.info.get("accuracy"),
@@ -208,9 +237,14 @@ def evaluate_ncsn(args):
     torch.save(x, os.path.join(args.out, "samples.pt"))
     save_grid(x, os.path.join(args.out, "samples.png"), n=100)
     write_json(report, os.path.join(args.out, "report.json"))
-    if args.card:
+    if args.card:  # samples from noise are the card's evaluation; restorations are kept by level
         card = json.loads(open(args.card).read())
-        card["evaluation"] = report
+        if start is None:
+            card["evaluation"] = report
+        else:
+            restoration = card.setdefault("restoration", {})
+            restoration[str(args.from_level)] = report
+            card["restoration"] = dict(sorted(restoration.items(), key=lambda item: int(item[0])))
         write_json(card, args.card)
     shares = " ".join(f"{s:.1%}" for s in report["class_shares"])
     print(f"{args.n} samples in {seconds / 60:.1f} min: {report['confident_share']:.1%} with p > 0.9; "
@@ -328,7 +362,10 @@ def main(argv=None):
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--classifier", default=None, help="default: the classifier shipped with companion")
     ev.add_argument("--out", required=True, help="a folder for report.json, samples.pt and samples.png")
-    ev.add_argument("--card", default=None, help="also record the report in this model card (.json)")
+    ev.add_argument("--card", default=None, help="also record the report in this model card (.json), "
+                    "under 'evaluation', or with --from-level under 'restoration'")
+    ev.add_argument("--from-level", type=int, default=None,
+                    help="start from held-out digits noised to level i (1 = the largest sigma) instead of noise")
     ex = commands.add_parser("export", help="write the EMA weights of a checkpoint and their model card")
     ex.add_argument("checkpoint")
     ex.add_argument("--log", default=None, help="the training log, whose losses go into the card")

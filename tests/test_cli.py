@@ -71,12 +71,30 @@ def test_classifier_and_evaluate_commands(tmp_path, capsys):
               "--classifier", clf, "--out", str(out)]
     report = main(["evaluate", *common, "--holdout", "20"])
     assert sum(report["class_shares"]) == pytest.approx(1.0) and report["n"] == 6 and report["levels"] == 3
+    assert "from_level" not in report
     assert json.loads((out / "report.json").read_text())["frechet"] == report["frechet"]
+    import numpy as np
     import torch
 
     assert torch.load(out / "samples.pt", weights_only=True).shape == (6, 1, 28, 28)
     with pytest.raises(ValueError, match="--holdout 10 differs"):
         main(["evaluate", *common, "--holdout", "10"])
+    # From the last level (sigma_L = 0.01) one step cannot move a held-out digit far: the samples
+    # are those digits, not the uniform noise of a start from scratch.
+    report = main(["evaluate", *common, "--holdout", "20", "--from-level", "3", "--no-denoise"])
+    assert report["levels"] == 1 and report["from_sigma"] == pytest.approx(0.01)
+    start = torch.tensor(np.load(data)["images"][-20:][:6, None] / 255, dtype=torch.float32)
+    assert (torch.load(out / "samples.pt", weights_only=True) - start).abs().max() < 0.1
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"evaluation": {"n": 1000}}))
+    for level in ("2", "1"):
+        main(["evaluate", *common, "--holdout", "20", "--from-level", level, "--card", str(card)])
+    recorded = json.loads(card.read_text())
+    assert recorded["evaluation"] == {"n": 1000} and list(recorded["restoration"]) == ["1", "2"]
+    assert recorded["restoration"]["2"]["from_sigma"] == pytest.approx((2 * 0.01) ** 0.5)  # geometric: 2, 0.14, 0.01
+    for bad, match in ((["--from-level", "4"], "between 1 and the 3 levels"), (["--from-level", "1", "--n", "21"], "at most 20")):
+        with pytest.raises(ValueError, match=match):
+            main(["evaluate", *common, "--holdout", "20", *bad])
 
 
 def test_ncsnv2_architecture_trains_and_samples(tmp_path):
