@@ -646,7 +646,7 @@ def check_ssm_loss(loss_fn):
     g_bug = torch.einsum("bij,bi->bj", J, x) + s  # grad_x (s(x) . x)
     out = _as_output(_run(loss_fn, _ssm_score, x.clone(), v.clone()), (), "loss_fn(score_fn, x, v)")
     _diagnose(out, expected, [
-        ("you differentiate (s * x).sum(): the Jacobian-vector product of SSM is grad((s * v).sum(), x), "
+        ("you differentiate (s * x).sum(): the vector–Jacobian product of SSM is grad((s * v).sum(), x), "
          "then dotted with v, which gives v^T J v", (0.5 * proj.square() + (v * g_bug * v).sum(-1)).mean()),
         ("your SSM loss uses unit-norm projections, which estimate tr(J) / D: the loss is divided by D = 4. "
          "Use projections with E[v v^T] = I (Rademacher, Gaussian, or radius sqrt(D))",

@@ -20,7 +20,7 @@ are handled by flattening each sample: ``score_fn`` receives and returns tensors
      - the Jacobian trace, exact or estimated (Hyvärinen 2005; Chapter 3)
    * - ``ssm_loss``
      - vᵀ∇ₓs(x) v + ½(vᵀs(x))², or vᵀ∇ₓs(x) v + ½‖s(x)‖² with SSM-VR
-     - one Jacobian-vector product per projection (Song, Garg, Shi & Ermon 2019; Chapter 3)
+     - one vector–Jacobian product per projection (Song, Garg, Shi & Ermon 2019; Chapter 3)
    * - ``dsm_loss``
      - ½‖s(x + σz) + z/σ‖²
      - nothing but noise (Vincent 2011; Chapter 4)
@@ -115,7 +115,7 @@ def jacobian_trace(score_fn, x, *, method="vectorized"):
     raise ValueError(f"method must be 'loop' or 'vectorized'; got {method!r}")
 
 
-def _score_and_jvp_quadratic(score_fn, x, v):
+def _score_and_vjp_quadratic(score_fn, x, v):
     """s(x) and vᵀ∇ₓs(x) v for probes v of shape [n, batch, D]; returns ([n, batch, D], [n, batch])."""
     n = v.shape[0]
     xr = x.detach().repeat(n, *([1] * (x.ndim - 1))).requires_grad_(True)  # [n*batch, ...]
@@ -146,7 +146,7 @@ def hutchinson_trace(score_fn, x, *, n_probes=1, probe="rademacher", generator=N
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
     v = _probes((n_probes, x.shape[0], x[0].numel()), probe, generator, x)
-    _, quad = _score_and_jvp_quadratic(score_fn, x, v)
+    _, quad = _score_and_vjp_quadratic(score_fn, x, v)
     return quad.mean(0)
 
 
@@ -197,7 +197,7 @@ def ism_loss(score_fn, x, *, trace="exact", n_probes=1, probe="rademacher", gene
         if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
             raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
         v = _probes((n_probes, x.shape[0], x[0].numel()), probe, generator, x)
-        s_rep, quad = _score_and_jvp_quadratic(score_fn, x, v)
+        s_rep, quad = _score_and_vjp_quadratic(score_fn, x, v)
         s, tr = s_rep[0], quad.mean(0)
     else:
         raise ValueError(f"trace must be 'exact', 'loop' or 'hutchinson'; got {trace!r}")
@@ -230,7 +230,7 @@ def ssm_loss(score_fn, x, *, n_projections=1, probe="gaussian", variance_reducti
     if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
         raise ValueError(f"n_projections must be a positive integer; got {n_projections!r}")
     v = _probes((n_projections, x.shape[0], x[0].numel()), probe, generator, x)
-    s, quad = _score_and_jvp_quadratic(score_fn, x, v)
+    s, quad = _score_and_vjp_quadratic(score_fn, x, v)
     if variance_reduction:
         second = 0.5 * s.square().sum(-1)
     else:

@@ -45,8 +45,9 @@ class NoiseConditionalMLP(nn.Module):
     """s_θ(x, σ) = MLP([x, Fourier features of log σ]) / σ (Chapter 4, Many noise levels; Chapter 5).
 
     The network sees log σ rather than σ, so that levels a factor apart are equally far apart
-    for it, and its output is divided by σ, because the score of p_σ has a typical size of
-    √D / σ (Song & Ermon 2020, technique 3). σ is a positive number or a [batch] tensor.
+    for it, and its output is divided by σ, because the target −z/σ of denoising score matching has
+    a typical size of √D / σ, as has the score of p_σ at small σ for data near a low-dimensional set
+    (Song & Ermon 2020, technique 3). σ is a positive number or a [batch] tensor.
     """
 
     def __init__(self, dim, hidden=128, depth=3, n_freqs=8):

@@ -59,6 +59,11 @@ def test_gamma_for_cifar10_gives_about_two_hundred_scales():
 
 
 def test_gamma_has_no_solution_in_very_low_dimension():
+    # In two dimensions the shells are thick: the overlap stays above 0.99 for every gamma > 1
+    # (its arguments are 5γ − 2 > 3 and −γ − 2 < −3), so it never comes down to 0.5 (Chapter 6).
+    cdf = lambda t: 0.5 * (1 + math.erf(t / math.sqrt(2)))
+    for g in (1.0001, 1.5, 3.0, 11.0):
+        assert cdf(2 * (g - 1) + 3 * g) - cdf(2 * (g - 1) - 3 * g) > 0.99
     with pytest.raises(ValueError, match="target"):
         schedules.ncsnv2_gamma(2)
 

@@ -516,3 +516,17 @@ def test_mixture_score_explorer_redraws_on_change():
     for control, value in zip(sliders, (-1.0, 0.5, 1.0, -0.5, 0.8, False)):
         control.value = value  # every change redraws without error
     assert set(plt.get_fignums()) == open_before  # each redraw closes its figure
+
+
+def test_gradient_ascent_on_the_tilted_ring_ends_at_its_single_mode():
+    # The tilt makes the ridge a slope: ascent does not stop on the ring but slides to the one
+    # mode, the root of x³ − 4x − 1 near 2.115 on the x₁-axis (the other two roots are a saddle
+    # and the minimum of p inside the ring).
+    score = autograd_score(lambda y: -ring_energy(y))
+    x = 3 * torch.randn(2000, 2, generator=gen(22))
+    x = x[(x[:, 1].abs() > 0.05)]  # off the x₁-axis, where the saddle at (−1.86, 0) could hold a point
+    for _ in range(20000):
+        x = x + 0.02 * score(x)
+    mode = torch.tensor([2.1149, 0.0])
+    assert ((x - mode).norm(dim=-1) < 1e-2).float().mean() > 0.99
+    assert abs(2.1149**3 - 4 * 2.1149 - 1) < 1e-3
