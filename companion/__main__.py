@@ -51,8 +51,10 @@ def start_processes(args):
         return 0, torch.device(args.device or ("cuda" if cuda else "cpu"))
     import torch.distributed as dist
 
-    dist.init_process_group("nccl" if cuda else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:  # before the group exists: NCCL's collectives use the current device of each process
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), torch.device(f"cuda:{local}" if cuda else "cpu")
 
 

@@ -58,6 +58,8 @@ def checkerboard(n, *, squares=4, size=4.0, generator=None):
     toy data with sharp edges for learning a score (Chapters 3 and 4). Returns an [n, 2] tensor.
     """
     _checks.non_negative_int(n, "n")
+    if isinstance(squares, bool) or not isinstance(squares, int) or squares < 2 or squares % 2:
+        raise ValueError(f"squares must be an even integer >= 2 (every row then has squares/2 black cells); got {squares!r}")
     cell = size / squares
     i = torch.randint(0, squares, (n,), generator=generator)
     j = torch.randint(0, squares // 2, (n,), generator=generator) * 2 + i % 2

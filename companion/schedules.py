@@ -160,7 +160,9 @@ def ncsnv2_gamma(dim, target=0.5):
 
         Φ(√(2D)(γ−1) + 3γ) − Φ(√(2D)(γ−1) − 3γ) = target   (0.5 by default),
 
-    found by bisection on γ ∈ (1, 11] (the left side decreases in γ there).
+    found by bisection on γ ∈ (1, 11]. The left side first rises above Φ(3) − Φ(−3) and then
+    decreases, so a target below that has one root; in very low dimension (D ≤ 4) it only rises,
+    and there is none.
 
     Raises:
         ValueError: if ``dim`` is not a positive integer or ``target`` is outside the range of the
@@ -174,6 +176,9 @@ def ncsnv2_gamma(dim, target=0.5):
         return _normal_cdf(c * (g - 1) + 3 * g) - _normal_cdf(c * (g - 1) - 3 * g)
 
     lo, hi = 1.0 + 1e-12, 1.0 + 10.0
+    if overlap(hi) >= overlap(lo):
+        raise ValueError(f"no gamma in (1, 11] gives the overlap target {target} for dim={dim}: in so few dimensions "
+                         f"the shells are thick and the overlap stays above {min(overlap(lo), overlap(hi)):.3g}")
     if not overlap(hi) < target < overlap(lo):
         raise ValueError(f"target must lie in ({overlap(hi):.3g}, {overlap(lo):.3g}) for dim={dim}; got {target}")
     for _ in range(200):

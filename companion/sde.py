@@ -128,7 +128,12 @@ class SDE:
     def transition(self, s, t):
         """The kernel between two times s ≤ t of the forward process (Song et al. 2021; Chapter 9): the
         pair (a, b) with x_t = a x_s + b z, a = α(t)/α(s) and b² = σ(t)² − a² σ(s)².
+
+        Raises:
+            ValueError: if s > t, given as numbers (the kernel runs forward in time).
         """
+        if not torch.is_tensor(s) and not torch.is_tensor(t) and s > t:
+            raise ValueError(f"transition(s, t) needs s <= t (from the earlier time to the later); got s={s}, t={t}")
         s, t = _as_time(s), _as_time(t)
         a = (self._log_alpha(t) - self._log_alpha(s)).exp()
         b2 = self._std(t) ** 2 - (a * self._std(s)) ** 2
@@ -262,7 +267,7 @@ class VESDE(SDE):
         """The NCSN chain (Song & Ermon 2019; Song et al. 2021; Chapter 8): at level i = round(t (N−1)/T),
         f = 0 and G = √(σ_i² − σ_{i−1}²), with σ_{−1} = 0.
         """
-        sigmas = self.discrete_sigmas(N).to(x.dtype)
+        sigmas = self.discrete_sigmas(N).to(device=x.device, dtype=x.dtype)
         i = _level_index(t, N, self.T, x)
         below = torch.where(i > 0, sigmas[(i - 1).clamp_min(0)], torch.zeros_like(sigmas[i]))
         return torch.zeros_like(x), batch_view((sigmas[i] ** 2 - below**2).sqrt(), x)
@@ -313,7 +318,7 @@ class VPSDE(SDE):
         """The DDPM chain (Ho et al. 2020; Song et al. 2021; Chapter 8): at step i = round(t (N−1)/T),
         f = (√(1 − β_i) − 1) x and G = √β_i.
         """
-        betas = self.discrete_betas(N).to(x.dtype)
+        betas = self.discrete_betas(N).to(device=x.device, dtype=x.dtype)
         beta = batch_view(betas[_level_index(t, N, self.T, x)], x)
         return (torch.sqrt(1 - beta) - 1) * x, beta.sqrt()
 
@@ -338,6 +343,8 @@ class SubVPSDE(VPSDE):
 def _level_index(t, N, T, like):
     """The chain index round(t (N−1)/T) as a tensor (rounding, not truncation: t (N−1) computed in
     floating point can land just below an integer)."""
+    if not torch.is_tensor(t) and not 0 <= t <= T:
+        raise ValueError(f"t must lie in [0, T] = [0, {T}] to pick a step of the chain; got {t}")
     t = _as_time(t, like)
     return torch.round(t * (N - 1) / T).long().clamp(0, N - 1)
 

@@ -152,3 +152,25 @@ def test_torchrun_trains_data_parallel_from_the_command_line(tmp_path):
     assert run.stdout.count("training images") == 1  # only process 0 reports
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 2 and len(state["noise_generators"]) == 2
+
+
+def test_each_process_binds_its_gpu_before_joining_the_group(monkeypatch):
+    # NCCL's collectives (the checkpoint's all_gather_object) run on the current device: without
+    # set_device every process would use cuda:0.
+    import argparse
+
+    import torch
+    import torch.distributed as dist
+
+    from companion.__main__ import start_processes
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    rank, device = start_processes(argparse.Namespace(device=None))
+    assert calls == [("set_device", 1), ("init", "nccl")]
+    assert rank == 1 and device == torch.device("cuda:1")

@@ -116,3 +116,9 @@ def test_dequantize_fills_each_pixel_bin_uniformly():
 def test_sklearn_digits_are_bundled():
     x, y = datasets.sklearn_digits()
     assert x.shape == (1797, 8, 8) and x.max() == 16 and set(y.tolist()) == set(range(10))
+
+
+def test_checkerboard_needs_an_even_board():
+    # With an odd board the rows have different numbers of black cells; the sampler assumes equal.
+    with pytest.raises(ValueError, match="even integer"):
+        datasets.checkerboard(10, squares=3)

@@ -237,3 +237,20 @@ def test_time_conditioned_adapter_passes_the_kernel_std():
     x, t = torch.randn(5, 2), torch.rand(5) * 0.9 + 0.05
     assert torch.allclose(model(x, t), net(x, sde.marginal(t)[1]))
     assert torch.allclose(model(x, 0.5)[0], net(x[:1], float(sde.marginal(0.5)[1]))[0])
+
+
+def test_kernels_and_chains_refuse_times_out_of_order_or_range():
+    # A kernel from a later to an earlier time would come out with a > 1 and b clamped to 0.
+    with pytest.raises(ValueError, match="s <= t"):
+        VPSDE().transition(0.6, 0.4)
+    a, b = VPSDE().transition(0.4, 0.6)
+    assert 0 < float(a) < 1 and float(b) > 0
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        VESDE().discretize(torch.zeros(3, 2), 1.5, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_classical_chains_run_on_the_device_of_x():
+    for sde in (VESDE(), VPSDE()):
+        f, g = sde.discretize(torch.zeros(3, 2, device="cuda"), 0.5, 10)
+        assert f.device.type == g.device.type == "cuda"

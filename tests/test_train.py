@@ -135,3 +135,11 @@ def test_compiled_training_takes_the_same_steps(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     saved = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     assert set(saved) == set(eager.state_dict())  # the plain model's names, not the compiled wrapper's
+
+
+@pytest.mark.parametrize("options, match", [({"grad_clip": -1.0}, "grad_clip"), ({"grad_clip": 0.0}, "grad_clip"),
+                                            ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size")])
+def test_bad_training_options_raise(options, match):
+    # A negative clipping bound would reverse every gradient and zero would erase them, silently.
+    with pytest.raises(ValueError, match=match):
+        train(loss_fn, fresh_model(), DATA, n_steps=1, **options)
