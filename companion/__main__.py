@@ -124,6 +124,12 @@ def train_ncsn(args):
     print(f"done: {args.steps} steps in {args.out} ({(time.perf_counter() - started) / 60:.1f} min this run)")
 
 
+def ladder_step_lr(sigmas, n_steps_each):
+    """NCSNv2's step size for a geometric ladder and n_steps_each steps per level (Chapter 6)."""
+    gamma = (sigmas[0] / sigmas[1]).item() if len(sigmas) > 1 else 1.5
+    return schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, n_steps_each)
+
+
 def draw_samples(model, sigmas, n, *, n_steps_each, step_lr=None, denoise=True, seed=0, batch_size=None,
                  image_size=28, device="cpu", compile=False, progress=False, start=None):
     """n images by annealed Langevin dynamics from uniform noise, in batches of `batch_size`, with
@@ -137,8 +143,7 @@ def draw_samples(model, sigmas, n, *, n_steps_each, step_lr=None, denoise=True, 
     if compile:
         model = torch.compile(model)
 
-    gamma = (sigmas[0] / sigmas[1]).item() if len(sigmas) > 1 else 1.5
-    step_lr = step_lr or schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, n_steps_each)
+    step_lr = step_lr or ladder_step_lr(sigmas, n_steps_each)
     if start is not None and len(start) != n:
         raise ValueError(f"start holds {len(start)} images; give one for each of the n = {n} samples")
     g = torch.Generator(device=device).manual_seed(seed)
@@ -208,7 +213,7 @@ def evaluate_ncsn(args):
     (train_images, _), (real, _) = split_mnist(args)
     baseline = train_images[: args.n]  # real digits, none held out
     classifier = load_digit_classifier(args.classifier)
-    start = None
+    start, step_lr = None, args.step_lr
     if args.from_level is not None:
         # Held-out digits noised to level i, then annealed from there: how well do the levels from
         # sigma_i down restore a digit? The step size stays the full ladder's.
@@ -218,11 +223,10 @@ def evaluate_ncsn(args):
         if args.n > len(real):
             raise ValueError(f"--from-level starts from held-out digits: --n must be at most {len(real)}")
         start = real[: args.n, None].float() / 255
-        gamma = (sigmas[0] / sigmas[1]).item() if len(sigmas) > 1 else 1.5
-        args.step_lr = args.step_lr or schedules.ncsnv2_step_size(sigmas[-1].item(), gamma, args.n_steps_each)
+        step_lr = step_lr or ladder_step_lr(sigmas, args.n_steps_each)
         sigmas = sigmas[args.from_level - 1 :]
     started = time.perf_counter()
-    x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=args.step_lr,
+    x, step_lr = draw_samples(model, sigmas, args.n, n_steps_each=args.n_steps_each, step_lr=step_lr,
                               denoise=not args.no_denoise, seed=args.seed, batch_size=args.batch_size,
                               image_size=config["image_size"], device=device, compile=args.compile,
                               progress=args.progress, start=start)
