@@ -2,11 +2,13 @@
 
 import math
 
+import pytest
 import torch
 
 from companion import schedules
 from companion.distributions import Gaussian, GaussianMixture
-from companion.samplers import annealed_langevin
+from companion.samplers import annealed_langevin, reverse_diffusion_coefficients
+from companion.sde import VESDE
 
 F64 = torch.float64
 
@@ -76,6 +78,12 @@ def test_reverse_diffusion_predictor_needs_the_variance_difference():
     wrong = predictor(lambda s, s_next: s_next)
     assert abs(right / target - 1) < 0.03
     assert wrong / target > 2
+    # The package's reverse-diffusion predictor for VE is the right version: (1, s² − s'², √(s² − s'²)).
+    ve = VESDE(0.01, 10.0)
+    for t, t_next in [(0.9, 0.8), (0.3, 0.29)]:
+        s, s_next = (float(ve.marginal(torch.tensor(u, dtype=F64))[1]) for u in (t, t_next))
+        assert reverse_diffusion_coefficients(ve, t, t_next) == pytest.approx(
+            (1.0, s**2 - s_next**2, math.sqrt(s**2 - s_next**2)), rel=1e-9)
 
 
 def test_tweedie_step_removes_the_noise_variance_exactly_where_the_data_has_none():

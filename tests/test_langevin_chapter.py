@@ -385,7 +385,8 @@ def test_mala_proposal_constant_4_eps_is_exact_and_2_eps_is_biased():
 
 
 def test_mala_detailed_balance_on_a_grid():
-    """p(x) q(y|x) A(x, y) is symmetric in (x, y) for the mixture, with q = N(x + eps s(x), 2 eps)."""
+    """The theorem's algebra: p(x) q(y|x) A(x, y) is symmetric in (x, y) for the mixture, with
+    q = N(x + eps s(x), 2 eps). The package's mala is checked against the exact law in test_samplers."""
     mix, eps = mixture_1d(), 0.3
     t = torch.linspace(-5, 5, 201, dtype=DT)
     log_p, s = mix.log_prob(t[:, None]), mix.score(t[:, None])[:, 0]

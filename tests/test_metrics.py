@@ -36,6 +36,18 @@ def test_mmd_separates_laws_and_not_samples_of_one_law():
     assert shifted > 0.1
 
 
+def test_mmd_of_two_shifted_gaussians_matches_its_closed_form():
+    """For N(0, I) and N(δ, I) in d dimensions and k = exp(−‖a − b‖²/(2h²)), Gaussian integrals give
+    MMD² = 2 (h²/(h² + 2))^{d/2} (1 − exp(−‖δ‖²/(2(h² + 2)))); h ≠ 1 so h and h² are not confused."""
+    g = torch.Generator().manual_seed(7)
+    h, delta = 1.5, torch.tensor([1.0, 1.0])
+    exact = 2 * (h**2 / (h**2 + 2)) * (1 - math.exp(-delta.square().sum().item() / (2 * (h**2 + 2))))
+    values = torch.tensor([mmd(torch.randn(1000, 2, generator=g), torch.randn(1000, 2, generator=g) + delta,
+                               bandwidth=h).item() for _ in range(10)])
+    assert abs(values.mean() - exact) < 4 * values.std() / 10**0.5
+    assert values.std() / 10**0.5 < 0.05 * exact  # tight enough to tell a factor in the kernel
+
+
 def test_digit_report_on_a_trained_classifier():
     # Two synthetic "classes" of 28x28 images: a bright left half or a bright right half.
     g = torch.Generator().manual_seed(3)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from companion import pretrained
+from companion.refinenet import CondRefineNetDilated
 
 
 def test_the_shipped_model_matches_its_card():
@@ -17,10 +18,17 @@ def test_the_shipped_model_matches_its_card():
     assert card["config"]["holdout"] == 1000 and card["bytes"] <= 20e6
     assert torch.equal(sigmas, torch.tensor(card["config"]["sigmas"], dtype=torch.float64))
     assert card["train_command"].startswith("python -m companion train ncsn")
-    x = torch.rand(2, 1, 28, 28)
+    # The loaded model is the card's network with the EMA weights, its output divided by σ.
+    config = card["config"]
+    assert config["model"] == "CondRefineNetDilated" and config["divide_by_sigma"]
+    net = CondRefineNetDilated(channels=1, ngf=config["ngf"], n_levels=len(sigmas), image_size=config["image_size"])
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state["ema"]["shadow"].items() if k.startswith("net.")})
+    net.eval()
+    x, levels = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, len(sigmas) - 1])
     with torch.no_grad():
-        out = model(x, sigmas[[0, -1]].float())
-    assert out.shape == x.shape and torch.isfinite(out).all()
+        out = model(x, sigmas[levels].float())
+        expected = net(x, levels) / sigmas[levels].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 def test_a_tampered_file_is_refused(tmp_path, monkeypatch):

@@ -181,6 +181,28 @@ def test_inverse_cdf_samples_a_bimodal_density():
     assert ks < 1.63 / math.sqrt(xs.numel())  # the 1% critical value
 
 
+def bimodal_ks(x):
+    """Kolmogorov–Smirnov distance between samples x [n, 1] and the exact CDF of BIMODAL."""
+    xs = x.flatten().sort().values
+    exact_cdf = 0.3 * torch.special.ndtr((xs + 2) / 0.5) + 0.7 * torch.special.ndtr((xs - 2) / math.sqrt(0.5))
+    return (exact_cdf - torch.arange(1, xs.numel() + 1, dtype=xs.dtype) / xs.numel()).abs().max().item()
+
+
+BIMODAL = GaussianMixture([0.3, 0.7], [[-2.0], [2.0]], [[[0.25]], [[0.5]]]).to(dtype=torch.float64)
+
+
+def test_mala_leaves_an_asymmetric_mixture_invariant_at_a_large_step():
+    """Started from exact samples, MALA's chains stay exact samples at a step where ULA is far off:
+    the Metropolis–Hastings factor (with q's variance 2ε) removes the discretisation bias."""
+    g = torch.Generator().manual_seed(10)
+    x0 = BIMODAL.sample(100_000, generator=g)
+    x, rate = mala(BIMODAL.log_prob, BIMODAL.score, x0, 0.3, 20, generator=g)
+    assert bimodal_ks(x) < 1.63 / math.sqrt(x.shape[0])  # the 1% critical value
+    assert 0.3 < float(rate) < 0.95  # proposals are both accepted and rejected: the test has teeth
+    ula = langevin(BIMODAL.score, x0, 0.3, 20, generator=g)
+    assert bimodal_ks(ula) > 10 / math.sqrt(x.shape[0])
+
+
 @pytest.mark.parametrize(
     "call,match",
     [

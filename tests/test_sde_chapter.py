@@ -87,12 +87,12 @@ def test_ddpm_chain_converges_to_vp_at_rate_one_over_N_with_the_stated_constant(
 def test_ddpm_chain_with_sqrt_keeps_unit_variance_and_without_sqrt_does_not():
     """Unit-variance data stays at variance 1 along the DDPM chain (v <- (1 − β) v + β); the slip
     x ← (1 − β) x + √β z (no square root on the mean factor) loses it: negative control."""
-    betas = VPSDE().discrete_betas(1000)
-    v_ok, v_bad = 1.0, 1.0
-    for b in betas.tolist():
-        v_ok = (1 - b) * v_ok + b
+    vp = VPSDE()
+    # The package's chain: from a point, v_i = 1 − m_i², so variance-1 data stays at 1 (m² + v = 1).
+    assert all(m**2 + v == pytest.approx(1.0, abs=1e-12) for m, v in chain_coefficients(vp, 1000))
+    v_bad = 1.0
+    for b in vp.discrete_betas(1000).tolist():
         v_bad = (1 - b) ** 2 * v_bad + b
-    assert v_ok == pytest.approx(1.0, abs=1e-12)
     assert v_bad < 0.6
 
 
