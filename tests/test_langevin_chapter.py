@@ -384,6 +384,25 @@ def test_mala_proposal_constant_4_eps_is_exact_and_2_eps_is_biased():
     assert abs(x.var().item() - 1.0) < 4 * var_se(1.0, n) and 0.82 < float(rate) < 0.86
 
 
+def stationary_mala_acceptance(eps):
+    """E[min(1, r)] for x ~ N(0, 1) and the proposal y = (1 − eps) x + √(2 eps) z, by quadrature on a grid."""
+    t = torch.linspace(-9, 9, 1801, dtype=DT)
+    x, z = t[:, None], t[None, :]
+    y = (1 - eps) * x + math.sqrt(2 * eps) * z
+    log_r = (-0.5 * y**2 + 0.5 * x**2 - (x - (1 - eps) * y) ** 2 / (4 * eps) + (y - (1 - eps) * x) ** 2 / (4 * eps))
+    weight = torch.exp(-0.5 * (x**2 + z**2)) / (2 * math.pi) * (t[1] - t[0]) ** 2
+    return float((weight * log_r.clamp(max=0).exp()).sum())
+
+
+def test_mala_acceptance_rate_at_stationarity_matches_quadrature():
+    eps, n, steps = 0.8, 20_000, 10
+    _, rate = mala(std_normal().log_prob, std_normal().score, torch.randn(n, 1, generator=gen(33), dtype=DT), eps,
+                   steps, generator=gen(34))
+    exact = stationary_mala_acceptance(eps)
+    se = math.sqrt(exact * (1 - exact) / n)  # per step; averaging over steps only shrinks it
+    assert abs(float(rate) - exact) < 4 * se
+
+
 def test_mala_detailed_balance_on_a_grid():
     """The theorem's algebra: p(x) q(y|x) A(x, y) is symmetric in (x, y) for the mixture, with
     q = N(x + eps s(x), 2 eps). The package's mala is checked against the exact law in test_samplers."""
