@@ -21,7 +21,7 @@ def gaussian_score(variance):
 def test_variance_after_T_steps_follows_the_ncsnv2_ratio_at_every_level():
     """Point-mass data (variance 0): with alpha_i = eps sigma_i^2/sigma_L^2 and a start of variance
     gamma^2 sigma_i^2, the variance after T steps is sigma_i^2 times ncsnv2_variance_ratio, the same
-    ratio at every level."""
+    ratio at every level (Proposition prop-ald-variance)."""
     gamma, T, eps, sigma_L = 1.5, 3, 0.3e-4, 0.01
     g = torch.Generator().manual_seed(0)
     predicted = schedules.ncsnv2_variance_ratio(eps, sigma_L, gamma, T)
@@ -38,6 +38,7 @@ def test_variance_after_T_steps_follows_the_ncsnv2_ratio_at_every_level():
 
 
 def test_capped_step_rule_is_constant_and_sigma2_rule_keeps_alpha_over_sigma2():
+    """Checks Proposition prop-ald-snr."""
     sigmas = schedules.geometric(10.0, 0.01, 6)
     eps = 2e-5
     capped = eps * torch.clamp(sigmas**2 / sigmas[-1] ** 2, max=1.0)
@@ -87,6 +88,7 @@ def test_reverse_diffusion_predictor_needs_the_variance_difference():
 
 
 def test_tweedie_step_removes_the_noise_variance_exactly_where_the_data_has_none():
+    """Checks Proposition prop-ald-denoise."""
     v = torch.tensor([1.0, 1e-6], dtype=F64)
     data = Gaussian(torch.zeros(2, dtype=F64), torch.diag(v))
     sigma = 0.2

@@ -63,6 +63,7 @@ def test_conditional_score_isotropic_and_anisotropic():
 
 
 def test_marginal_score_is_the_posterior_average_of_conditional_scores():
+    """Checks Lemma lem-dsm-marginal."""
     p, sigma = two_component_mixture(), 0.6
     h = 16 / 800
     axis = torch.linspace(-8, 8, 801)
@@ -90,6 +91,7 @@ def test_marginal_score_is_the_posterior_average_of_conditional_scores():
 
 @pytest.mark.parametrize("sigma", [0.3, 1.0])
 def test_dsm_minus_esm_is_the_general_constant_on_a_mixture(sigma):
+    """Checks Theorem thm-dsm-vincent."""
     p, d, n = two_component_mixture(), 2, 400_000
     g = torch.Generator().manual_seed(1)
     p_sigma = p.perturb(sigma)
@@ -300,6 +302,7 @@ def test_equal_fisher_divergences_different_kl():
 
 
 def test_kl_derivative_along_gaussian_smoothing_is_minus_the_fisher_divergence():
+    """Checks Proposition prop-dsm-kl-fisher."""
     g = torch.Generator().manual_seed(12)
     a, b = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
     m_p, m_q = torch.randn(3, generator=g), torch.randn(3, generator=g)

@@ -92,6 +92,7 @@ def test_sample_recovers_weights():
 
 
 def test_perturb_is_the_law_of_x_plus_sigma_z():
+    """Checks Proposition prop-dsm-perturbed."""
     p = random_mixture(2, 3, seed=8)
     sigma = 0.7
     g = torch.Generator().manual_seed(9)

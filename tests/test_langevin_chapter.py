@@ -195,7 +195,8 @@ def test_rosenblatt_construction_reproduces_a_correlated_gaussian():
 
 
 def test_rosenblatt_construction_on_a_non_gaussian_mixture():
-    """The tabulated chain of conditionals also gets a skewed, non-Gaussian law right."""
+    """The tabulated chain of conditionals also gets a skewed, non-Gaussian law right.
+    Checks Theorem thm-langevin-rosenblatt."""
     mix = GaussianMixture(torch.tensor([0.3, 0.7], dtype=DT), torch.tensor([[-1.5, 1.0], [1.0, -0.5]], dtype=DT),
                           torch.tensor([[[0.5, 0.3], [0.3, 0.5]], [[1.0, -0.4], [-0.4, 0.6]]], dtype=DT))
     n = 20_000

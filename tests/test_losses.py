@@ -151,6 +151,7 @@ def test_hutchinson_is_unbiased_and_rademacher_has_lower_variance(problem):
 
 
 def test_ssm_is_unbiased_for_ism_and_vr_reduces_variance(problem):
+    """Checks Theorem thm-sm-ssm."""
     p, A, b = problem
     s = linear(A, b)
     x = p.sample(4, generator=torch.Generator().manual_seed(8)).repeat_interleave(50_000, 0)
@@ -224,6 +225,7 @@ def test_dsm_minimiser_over_linear_models_is_the_perturbed_score(problem):
 
 
 def test_tweedie_formula_on_a_mixture():
+    """Checks Theorem thm-dsm-tweedie."""
     p = GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [1.0, 1.5]], [[[0.5, 0.2], [0.2, 0.4]], [[0.3, 0.0], [0.0, 0.8]]])
     sigma = 0.8
     y = 3 * torch.randn(500, 2, generator=torch.Generator().manual_seed(18))

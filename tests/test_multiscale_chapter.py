@@ -26,7 +26,8 @@ def phi(t):
 
 def test_ism_on_a_line_is_unbounded_below_and_the_perturbed_minimiser_is_the_perturbed_score():
     """Data on {x2 = 0}: J_ISM(-diag(a1, a2) x) = a1^2 E[u^2]/2 - a1 - a2 (slope -1 in a2, no minimum).
-    For the perturbed law N(0, diag(1 + s^2, s^2)) the minimiser is a = (1/(1 + s^2), 1/s^2)."""
+    For the perturbed law N(0, diag(1 + s^2, s^2)) the minimiser is a = (1/(1 + s^2), 1/s^2).
+    Checks Proposition prop-ms-line-ism."""
     g = torch.Generator().manual_seed(0)
     u = torch.randn(20_000, generator=g, dtype=F64)
     line = torch.stack([u, torch.zeros_like(u)], -1)
@@ -50,7 +51,8 @@ def test_ism_on_a_line_is_unbounded_below_and_the_perturbed_minimiser_is_the_per
 
 def test_perturbed_score_off_a_curve_points_back_with_length_distance_over_sigma_squared():
     """Empirical data on a circle of radius 2: p_sigma is a mixture of N(x_j, sigma^2 I); at distance
-    delta off the curve, sigma^2 |score| -> delta and the score points along the inward normal."""
+    delta off the curve, sigma^2 |score| -> delta and the score points along the inward normal.
+    Checks Proposition prop-ms-manifold-score."""
     n = 1000
     t = torch.arange(n, dtype=F64) * 2 * math.pi / n
     circle = 2.0 * torch.stack([t.cos(), t.sin()], -1)
@@ -100,7 +102,8 @@ def test_tail_of_a_two_dimensional_gaussian():
 
 
 def test_mixture_score_ignores_the_weights_away_from_the_midplane():
-    """|s_w - s_w'| <= Delta rho exp(-Delta |u|) (and it does depend on w near the midplane)."""
+    """|s_w - s_w'| <= Delta rho exp(-Delta |u|) (and it does depend on w near the midplane).
+    Checks Proposition prop-ms-weights."""
     heavy, even = mixture(0.8), mixture(0.5)
     xs = torch.linspace(-10, 10, 201, dtype=F64)
     grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)

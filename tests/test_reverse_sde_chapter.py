@@ -39,7 +39,8 @@ def ve_posterior(sde, mix, t, dt, y):
 
 def test_bayes_taylor_reverse_step_is_accurate_to_second_order_and_e14_sign_is_not():
     """The mean x' − [f − g² s]Δt of the heuristic reverse step errs by O(Δt²) (error ÷4 per halving);
-    with E14's sign, x' − [f + g² s]Δt, by O(Δt) (÷2). The variance ratio to g²Δt tends to 1 like Δt."""
+    with E14's sign, x' − [f + g² s]Δt, by O(Δt) (÷2). The variance ratio to g²Δt tends to 1 like Δt.
+    Checks Theorem thm-rev-anderson."""
     sde, mix, t, y = VESDE(0.01, 5.0), mix1(), 0.3, 0.5
     score = mix.marginal_score(sde)
     good, bad, var_gap = [], [], []
@@ -107,7 +108,8 @@ def fp_residual(sde, mix, t, lam, noise_dropped=False, factor=None):
 def test_fokker_planck_residual_of_the_lambda_family_vanishes(sde):
     """The λ-family (λ = 0: the probability-flow ODE; 1: the reverse SDE; 0.5, 2) transports the exact
     p_t: the backward Fokker–Planck residual is at the finite-difference level. The noise-dropped drift
-    f − g² s (E72), and the ODE with g² s instead of ½ g² s, leave residuals of the size of ∂_t p."""
+    f − g² s (E72), and the ODE with g² s instead of ½ g² s, leave residuals of the size of ∂_t p.
+    Checks Theorem thm-rev-family."""
     mix = mix1()
     for t in (0.05, 0.2, 0.6):
         for lam in (0.0, 0.5, 1.0, 2.0):
@@ -169,7 +171,7 @@ def test_ddpm_ancestral_step_is_euler_maruyama_of_the_vp_reverse_sde_to_second_o
 def test_instantaneous_change_of_variables_along_a_trajectory():
     """Along a PF-ODE trajectory of VP on the 1-D mixture, log p_t(x(t)) changes by −∫∂_x v dt:
     RK4 on (x, ∫∂_x v) from t = 0.6 to 0.1 against the exact log-densities; flipping the sign of the
-    divergence (negative control) fails."""
+    divergence (negative control) fails (Theorem thm-rev-cov)."""
     sde, mix = VPSDE(), mix1()
     score = mix.marginal_score(sde)
     vel = sde.reverse(score, probability_flow=True).drift

@@ -172,6 +172,7 @@ def test_ula_keeps_the_wrong_weights_between_separated_modes():
 
 
 def test_inverse_cdf_samples_a_bimodal_density():
+    """Checks Theorem thm-langevin-inverse-cdf."""
     p = GaussianMixture([0.3, 0.7], [[-2.0], [2.0]], [[[0.25]], [[0.5]]])
     x = inverse_cdf(lambda t: p.log_prob(t[:, None]), 100_000, low=-8, high=8, generator=torch.Generator().manual_seed(9))
     # Kolmogorov-Smirnov distance to the exact CDF.

@@ -49,6 +49,7 @@ def ring_energy(x):
 
 
 def test_ebm_score_is_minus_grad_energy_and_ignores_constants():
+    """Checks Proposition prop-scores-ebm."""
     x = 3 * torch.randn(500, 2, generator=gen(0))
     by_hand = -0.5 * (x.square().sum(-1, keepdim=True) - 4) * x + torch.tensor([0.5, 0.0])
     for const in (0.0, 123.4, -7.0):
@@ -148,6 +149,7 @@ def test_gaussian_score_angle_respects_kantorovich_bound():
 
 
 def test_gaussian_jacobian_is_minus_precision():
+    """Checks Proposition prop-scores-gaussian."""
     cov = torch.tensor([[2.0, 0.6], [0.6, 0.5]])
     g = Gaussian(torch.tensor([1.0, -1.0]), cov)
     J = jacrev(g.score)(torch.tensor([0.3, 0.4]))
@@ -163,6 +165,7 @@ def naive_mixture_score(p, x, eps=1e-8):
 
 
 def test_mixture_score_is_responsibility_weighted_component_scores():
+    """Checks Proposition prop-scores-mixture."""
     p = asymmetric_mixture()
     x = 3 * torch.randn(400, 2, generator=gen(7))
     r = p.responsibilities(x)
@@ -201,6 +204,7 @@ def level_set_points(p, level, n_angles=2000, centre=(0.0, 0.0), r_max=8.0):
 
 
 def test_score_is_orthogonal_to_level_sets_and_points_uphill():
+    """Checks Proposition prop-scores-levelsets."""
     p = asymmetric_mixture()
     # {p = 0.08} is one curve around the heavier component (the lighter one peaks at 0.075);
     # {p = 0.005} is one curve around both. Both are star-shaped around the chosen centres.
@@ -237,6 +241,7 @@ def test_score_is_the_steepest_ascent_direction():
 
 
 def test_saddle_of_symmetric_mixture_has_positive_divergence():
+    """Checks Proposition prop-scores-classify."""
     p = symmetric_mixture()
     x0 = torch.zeros(2)
     torch.testing.assert_close(p.score(x0), torch.zeros(2), rtol=0, atol=1e-14)
@@ -334,6 +339,7 @@ def test_divergence_free_rotation_keeps_gaussian_stationary():
 
 
 def test_score_has_mean_zero_and_biased_samples_do_not():
+    """Checks Theorem thm-scores-mean-zero."""
     p = asymmetric_mixture()
     x = p.sample(200_000, generator=gen(10))
     assert z_scores(p.score(x)).abs().max() < 3.5
@@ -354,6 +360,7 @@ def test_mean_of_score_fails_when_density_does_not_vanish_at_the_boundary():
 
 
 def test_stein_identity_for_several_test_functions():
+    """Checks Proposition prop-scores-stein."""
     p = asymmetric_mixture()
     x = p.sample(200_000, generator=gen(13))
     s = p.score(x)
@@ -372,6 +379,7 @@ def test_stein_identity_for_several_test_functions():
 
 
 def test_gaussian_fisher_information_is_the_precision():
+    """Checks Theorem thm-scores-fisher."""
     cov = torch.tensor([[2.0, 0.6], [0.6, 0.5]])
     g = Gaussian(torch.tensor([1.0, -1.0]), cov)
     x = g.sample(400_000, generator=gen(14))
@@ -427,6 +435,7 @@ def test_parameter_fisher_differs_from_location_fisher_for_a_scale_family():
 
 
 def test_parameter_fisher_equals_location_fisher_for_a_location_family():
+    """Checks Proposition prop-scores-location."""
     p = asymmetric_mixture()
     theta = torch.tensor([0.7, -0.3])
     x = p.sample(100_000, generator=gen(17)) + theta  # samples of p(x - theta)

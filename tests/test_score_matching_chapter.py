@@ -30,7 +30,8 @@ def trapezoid(values, t):
 
 
 def test_integration_by_parts_in_one_dimension_on_a_grid():
-    """E_p[s s_p] = ∫ s p' = -∫ s' p = -E_p[s'] for a smooth nonlinear s and a mixture p on R."""
+    """E_p[s s_p] = ∫ s p' = -∫ s' p = -E_p[s'] for a smooth nonlinear s and a mixture p on R.
+    Checks Theorem thm-sm-hyvarinen."""
     p = GaussianMixture([0.3, 0.7], [[-2.0], [1.0]], [[[0.5]], [[1.2]]])
     t = torch.linspace(-20, 20, 40_001)
     dens = p.log_prob(t[:, None]).exp()
@@ -143,7 +144,8 @@ def _nonsymmetric(d, seed):
 
 
 def test_rademacher_variance_by_exact_enumeration():
-    """All 2^d sign vectors: mean tr A and variance 2(|A_s|_F² - sum A_ii²) exactly, with A_s and not A."""
+    """All 2^d sign vectors: mean tr A and variance 2(|A_s|_F² - sum A_ii²) exactly, with A_s and not A.
+    Checks Lemma lem-sm-hutchinson."""
     d = 6
     A = _nonsymmetric(d, 3)
     S = 0.5 * (A + A.T)
@@ -161,7 +163,8 @@ def test_rademacher_variance_by_exact_enumeration():
 
 
 def test_variance_for_independent_entries_depends_on_the_fourth_moment():
-    """Var(vᵀAv) = 2|A_s|_F² + (mu4 - 3) sum A_ii² for iid entries; uniform entries have mu4 = 9/5."""
+    """Var(vᵀAv) = 2|A_s|_F² + (mu4 - 3) sum A_ii² for iid entries; uniform entries have mu4 = 9/5.
+    Checks Proposition prop-sm-hutchinson-variance."""
     d, n = 5, 400_000
     A = _nonsymmetric(d, 5)
     S = 0.5 * (A + A.T)
@@ -241,7 +244,7 @@ def test_variance_reduction_gain_at_the_true_gaussian_score(d, expected):
 @pytest.mark.parametrize("variance_reduction,scale,shift", [(False, 0.4, (0.2, 0.1, -0.4)), (True, 0.3, (3.0, 1.5, -2.0))])
 def test_minibatch_variance_decomposition(variance_reduction, scale, shift):
     """Var of the batch loss = Var_x[ISM integrand]/n + E_x Var_v/(n m) (linear model, Gaussian data),
-    not the variance at m = 1 divided by m."""
+    not the variance at m = 1 divided by m (Proposition prop-sm-ssm-variance)."""
     d, n, repeats = 3, 16, 6000
     p = Gaussian(torch.tensor([0.5, -1.0, 0.0]), torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.8, 0.2], [0.0, 0.2, 0.6]]))
     A = _nonsymmetric(d, 12) * scale

@@ -34,7 +34,7 @@ def simulate_forward(sde, x0, t_end, n_steps, generator, g_fn=None):
 @pytest.mark.parametrize("sde", ALL, ids=IDS)
 def test_forward_simulation_matches_the_perturbation_kernel(sde):
     """From a point x0 = 2 the simulated mean and variance are a(t) x0 and b(t)² of transition(0, t)
-    (for VE that is σ(t)² − σ_min², E17): within 5 standard errors."""
+    (for VE that is σ(t)² − σ_min², E17): within 5 standard errors (Corollary cor-sde-kernels)."""
     g = torch.Generator().manual_seed(0)
     n, t_end = 40_000, 0.6
     x = simulate_forward(sde, torch.full((n, 1), 2.0), t_end, 600, g)

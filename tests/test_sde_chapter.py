@@ -63,7 +63,7 @@ def test_ncsn_chain_is_exact_at_every_grid_time_while_euler_maruyama_is_first_or
 def test_ddpm_chain_converges_to_vp_at_rate_one_over_N_with_the_stated_constant():
     """The chain keeps variance = 1 − (mean coefficient)² exactly, and N · log(√ᾱ_N / α(1)) tends to
     −¼∫β² = −(β_max³ − β_min³)/(12(β_max − β_min)) = −33.50 (Σβ_i = B(1) exactly for the linear
-    betas). The chapter's printed relative errors: −0.313 (N = 100), −0.0333 (N = 1000)."""
+    betas). The chapter's printed relative errors: −0.313 (N = 100), −0.0333 (N = 1000) (Proposition prop-sde-vp)."""
     sde = VPSDE(0.1, 20.0)
     log_alpha1 = float(sde.marginal(1.0)[0].log())
     const = -(20.0**3 - 0.1**3) / (12 * 19.9)
