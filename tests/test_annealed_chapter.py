@@ -58,6 +58,33 @@ def test_capped_step_rule_is_constant_and_sigma2_rule_keeps_alpha_over_sigma2():
         assert abs(inc / (2 * alpha) - 1) < 0.02
 
 
+def test_snr_of_a_step_and_the_stability_of_every_level():
+    """Proposition prop-ald-snr on data N(0, s0² I_D): SNR_i² = α_i κ_i/(2σ_i²) with κ_i = σ_i²/(s0² + σ_i²),
+    Monte Carlo against the formula; the rule makes it ε κ_i/(2σ_L²), level-free once κ ≈ 1, while
+    a constant step makes SNR ∝ 1/σ. And with point-mass data the whole ladder is stable for
+    ε < 2σ_L² and diverges at every level beyond it."""
+    s0, dim, eps = 0.5, 4, 1e-3
+    sigmas = schedules.geometric(20.0, 5.0, 4)
+    g = torch.Generator().manual_seed(6)
+    snr2_rule, snr2_constant = [], []
+    for sigma in sigmas.tolist():
+        x = math.sqrt(s0**2 + sigma**2) * torch.randn(200_000, dim, generator=g, dtype=F64)
+        norm2 = (x / (s0**2 + sigma**2)).square().sum(-1)  # ‖s(x, σ)‖²
+        kappa = sigma**2 / (s0**2 + sigma**2)
+        alpha = eps * sigma**2 / sigmas[-1].item() ** 2
+        mc = alpha * norm2 / (2 * dim)  # per-sample terms of E‖α s‖² / E‖√(2α) z‖²
+        assert abs(mc.mean() - alpha * kappa / (2 * sigma**2)) < 4 * mc.std() / math.sqrt(len(mc))
+        snr2_rule.append(alpha * kappa / (2 * sigma**2))
+        snr2_constant.append(eps * kappa / (2 * sigma**2))
+    assert max(snr2_rule) / min(snr2_rule) < 1.01  # κ ∈ [0.990, 0.9994] on this ladder
+    assert snr2_constant[-1] / snr2_constant[0] > 0.99 * (20.0 / 5.0) ** 2
+    ladder = schedules.geometric(1.0, 0.1, 5)
+    for ratio, stable in [(1.9, True), (2.1, False)]:
+        x = annealed_langevin(gaussian_score(0.0), torch.zeros(2000, 1, dtype=F64), ladder, step_lr=ratio * 0.1**2,
+                              n_steps_each=50, generator=torch.Generator().manual_seed(7))
+        assert (x.var().item() < 1.0) == stable  # stationary 2α/(1 − (1 − α/σ²)²) = 20 σ_L² when stable
+
+
 def test_reverse_diffusion_predictor_needs_the_variance_difference():
     """x_{i+1} = x_i + (s_i^2 - s_{i+1}^2) score(x_i, s_i) + sqrt(s_i^2 - s_{i+1}^2) z keeps the exact
     marginal N(0, v + s_{i+1}^2) on Gaussian data (up to the O(1/N) discretisation); adding sqrt(s_{i+1}^2)

@@ -165,6 +165,20 @@ def test_ssm_is_unbiased_for_ism_and_vr_reduces_variance(problem):
         assert vr.reshape(4, -1).var(1).sum() < 0.7 * plain.reshape(4, -1).var(1).sum()
 
 
+def test_sliced_fisher_divergence_is_ssm_plus_half_the_score_norm(problem):
+    """The second display of Theorem thm-sm-ssm: ½ E_v E_x (vᵀs_θ − vᵀs_p)² = J_SSM + ½ E‖s_p‖², here
+    closed_ism + ½ tr P (J_SSM = J_ISM, E‖s_p‖² = tr P), for Gaussian and Rademacher slices."""
+    p, A, b = problem
+    g = torch.Generator().manual_seed(14)
+    x = p.sample(400_000, generator=g)
+    expected = closed_ism(p, A, b) + 0.5 * torch.trace(torch.linalg.inv(p.covariance()))
+    for v in (torch.randn(x.shape, generator=g), torch.randint(0, 2, x.shape, generator=g) * 2.0 - 1):
+        sliced = 0.5 * ((v * (linear(A, b)(x) - p.score(x))).sum(-1)).square()
+        assert_mc_close(sliced, expected)
+        se = sliced.std() / math.sqrt(len(sliced))
+        assert abs(sliced.mean() - (expected + 0.5 * torch.trace(torch.linalg.inv(p.covariance())))) > 10 * se
+
+
 def test_ssm_with_many_projections_matches_ism_for_an_mlp():
     torch.manual_seed(10)
     net = ScoreMLP(4, hidden=32, depth=2)

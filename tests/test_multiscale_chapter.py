@@ -3,6 +3,7 @@ multi-scale noise) not covered by tests/test_annealed.py or tests/test_losses.py
 
 import math
 
+import pytest
 import torch
 
 from companion import schedules
@@ -45,6 +46,14 @@ def test_ism_on_a_line_is_unbounded_below_and_the_perturbed_minimiser_is_the_per
 
     best = 1 / sigma**2
     assert j(1 / (1 + sigma**2), best) < min(j(1 / (1 + sigma**2), 0.8 * best), j(1 / (1 + sigma**2), 1.25 * best))
+    # Exactly, on the samples: J = ½a1² m1 + ½a2² m2 − a1 − a2 with m = mean(x²), minimised at a = 1/m; and
+    # m → (1 + σ², σ²), the proposition's closed form and minimiser, within 4 standard errors.
+    second = noisy.square()
+    m = second.mean(0)
+    for a1, a2 in [(0.3, 1.0), (1.0, 10.0), (2.5, 100.0)]:
+        assert j(a1, a2) == pytest.approx(0.5 * a1**2 * m[0].item() + 0.5 * a2**2 * m[1].item() - a1 - a2, rel=1e-12)
+    se = second.std(0) / math.sqrt(len(second))
+    assert ((m - torch.tensor([1 + sigma**2, sigma**2], dtype=F64)).abs() < 4 * se).all()
     x = torch.tensor([[0.7, 0.2]], dtype=F64)
     torch.testing.assert_close(p_sigma.score(x), torch.tensor([[-0.7 / (1 + sigma**2), -0.2 / sigma**2]], dtype=F64))
 
@@ -112,6 +121,21 @@ def test_mixture_score_ignores_the_weights_away_from_the_midplane():
     bound = DELTA * 4 * torch.exp(-DELTA * u.abs())
     assert (gap <= bound * (1 + 1e-9) + 1e-12).all()
     assert gap[u.abs() < 0.2].max() > 3  # near the midplane the weights matter
+
+
+def test_mixture_score_is_minus_x_plus_responsibility_weighted_means_off_centre():
+    """Item 1 of Proposition prop-ms-weights for means whose midpoint is not the origin, in 3-D:
+    s = −x + r1 μ1 + r2 μ2 and log(r1/r2) = log(w1/w2) + Δ u(x)."""
+    g = torch.Generator().manual_seed(11)
+    means = torch.randn(2, 3, generator=g, dtype=F64) * 2 + torch.tensor([3.0, -1.0, 2.0], dtype=F64)
+    w = torch.tensor([0.7, 0.3], dtype=F64)
+    mix = GaussianMixture.isotropic(w, means, 1.0)
+    x = 4 * torch.randn(500, 3, generator=g, dtype=F64)
+    r = mix.responsibilities(x)
+    torch.testing.assert_close(mix.score(x), -x + r @ means, rtol=1e-10, atol=1e-10)
+    delta = (means[0] - means[1]).norm()
+    u = (x - means.mean(0)) @ ((means[0] - means[1]) / delta)
+    torch.testing.assert_close(r[:, 0].log() - r[:, 1].log(), (w[0] / w[1]).log() + delta * u, rtol=1e-10, atol=1e-10)
 
 
 def test_saddle_of_the_mixture_moves_by_log_weight_ratio_over_delta():
