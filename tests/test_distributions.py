@@ -99,6 +99,9 @@ def test_perturb_is_the_law_of_x_plus_sigma_z():
     x = p.sample(200_000, generator=g)
     noisy = x + sigma * torch.randn(x.shape, generator=g)
     q = p.perturb(sigma)
+    torch.testing.assert_close(q.mean(), p.mean())
+    se = noisy.std(0) / noisy.shape[0] ** 0.5
+    assert ((noisy.mean(0) - p.mean()).abs() < 4 * se).all()
     torch.testing.assert_close(q.covariance(), p.covariance() + sigma**2 * torch.eye(3))
     torch.testing.assert_close(torch.cov(noisy.T), q.covariance(), rtol=0.03, atol=0.03)
     # Beyond moments, Stein's identity E_q[grad log q(y) y^T] = -I holds only when y ~ q exactly;
@@ -110,6 +113,20 @@ def test_perturb_is_the_law_of_x_plus_sigma_z():
 
     torch.testing.assert_close(stein(q), -eye, rtol=0, atol=0.03)
     assert (stein(p.perturb(sigma**0.5)) + eye).abs().max() > 0.1
+
+
+def test_perturbing_a_finite_training_set_gives_a_smooth_law_that_tends_to_it():
+    """Items 1 and 3 of Proposition prop-dsm-perturbed for p = the empirical law of five points:
+    p_σ (a mixture of N(x_j, σ² I)) has a finite log-density and score far from the data, even at
+    σ = 0.05; and P(x̃ ≤ c) → F(c) as σ → 0 at a continuity point c of the empirical CDF."""
+    points = torch.tensor([[-1.0], [0.0], [0.3], [2.0], [2.5]], dtype=torch.float64)
+    far = torch.tensor([[-1e3], [1.0], [1e3]], dtype=torch.float64)
+    for sigma in (1.0, 0.05):
+        p_sigma = GaussianMixture.isotropic(torch.full((5,), 0.2, dtype=torch.float64), points, sigma**2)
+        assert torch.isfinite(p_sigma.log_prob(far)).all() and torch.isfinite(p_sigma.score(far)).all()
+    c = 1.0  # the empirical CDF is 0.6 on [0.3, 2)
+    gaps = [abs(float(torch.special.ndtr((c - points) / sigma).mean()) - 0.6) for sigma in (1.0, 0.4, 0.1)]
+    assert gaps[0] > 0.03 and gaps[1] < 0.5 * gaps[0] and gaps[2] < 1e-9  # p_σ ≠ p, then p_σ → p
 
 
 def test_gaussian_perturb_stays_gaussian():
