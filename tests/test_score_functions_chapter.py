@@ -258,6 +258,36 @@ def test_saddle_of_symmetric_mixture_has_positive_divergence():
     assert abs(float(d11) - 3) < 1e-5 and abs(float(d22) + 1) < 1e-5
 
 
+def test_a_local_minimum_of_the_tilted_ring_repels_and_a_singular_hessian_decides_nothing():
+    """The H ≻ 0 case of Proposition prop-scores-classify: inside the tilted ring the score vanishes
+    at x* = (x1, 0) with (4 − x1²) x1 = −1 (x1 ≈ −0.254), H ≻ 0, p is larger on every side and the
+    flow ẋ = s leaves. Then two densities with the same singular H = diag(0, −1) at the origin: a
+    strict maximum (−x1⁴ − x2²/2) and not an extremum (x1³ − x1⁶ − x2²/2)."""
+    lo, hi = -1.0, 0.0  # (4 − x1²) x1 + 1 is increasing on [−1, 0] and changes sign
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (4 - mid**2) * mid + 1 < 0 else (lo, mid)
+    x_star = torch.tensor([[(lo + hi) / 2, 0.0]])
+    score = autograd_score(lambda y: -ring_energy(y))
+    assert score(x_star).abs().max() < 1e-12
+    H = jacrev(jacrev(lambda y: -ring_energy(y)))(x_star[0])  # the Jacobian of the score
+    assert torch.linalg.eigvalsh(H).min() > 1.5
+    angles = torch.arange(360) * 2 * math.pi / 360
+    u = torch.stack([angles.cos(), angles.sin()], -1)
+    assert (-ring_energy(x_star + 0.05 * u) > -ring_energy(x_star)).all()
+    x = x_star + 1e-3 * u
+    for _ in range(300):  # Euler steps of the flow up to t = 3: a displacement grows like e^{λt}, λ ≥ 1.9
+        x = x + 0.01 * score(x)
+    assert ((x - x_star).norm(dim=-1) > 0.1).all()
+    h = 0.1 * u
+    strict_max = -(h[:, 0] ** 4) - 0.5 * h[:, 1] ** 2
+    not_extremum = h[:, 0] ** 3 - h[:, 0] ** 6 - 0.5 * h[:, 1] ** 2
+    for log_p in (lambda y: -(y[0] ** 4) - 0.5 * y[1] ** 2, lambda y: y[0] ** 3 - y[0] ** 6 - 0.5 * y[1] ** 2):
+        hess = jacrev(jacrev(log_p))(torch.zeros(2))
+        torch.testing.assert_close(hess, torch.diag(torch.tensor([0.0, -1.0])))
+    assert (strict_max < 0).all() and (not_extremum > 0).any() and (not_extremum < 0).any()
+
+
 def test_saddle_with_negative_divergence():
     p = symmetric_mixture(cov=torch.diag(torch.tensor([1.0, 0.2])))
     H = jacrev(p.score)(torch.zeros(2))
