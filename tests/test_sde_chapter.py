@@ -84,6 +84,29 @@ def test_ddpm_chain_converges_to_vp_at_rate_one_over_N_with_the_stated_constant(
     assert float(sde.discrete_betas(20).max()) == pytest.approx(1.0) and float(sde.discrete_betas(21).max()) < 1
 
 
+def test_ddpm_chain_with_a_nonlinear_beta_converges_to_the_vp_kernel():
+    """Proposition prop-sde-vp for a β that is not linear, β(t) = 0.1 + 19.9 t², and between two
+    inner times: over (s, t] the chain's mean factor Π √(1 − β(t_i)Δt) and variance from a point
+    1 − Π(1 − β(t_i)Δt) tend to the kernel's e^{−B/2} and 1 − e^{−B}, B = ∫_s^t β, at rate 1/N."""
+
+    def beta(t):
+        return 0.1 + 19.9 * t**2
+
+    for s, t in [(0.0, 1.0), (0.3, 0.7)]:
+        B = 0.1 * (t - s) + 19.9 * (t**3 - s**3) / 3
+        errors = []
+        for N in (1000, 2000, 4000):
+            times = torch.arange(1, N + 1, dtype=torch.float64) / N
+            inside = times[(times > s + 1e-12) & (times <= t + 1e-12)]
+            log_keep = torch.log1p(-beta(inside) / N).sum().item()
+            mean_factor, variance = math.exp(0.5 * log_keep), 1 - math.exp(log_keep)
+            errors.append((mean_factor - math.exp(-B / 2), variance - (1 - math.exp(-B))))
+        for coarse, fine in zip(errors, errors[1:]):
+            for e_coarse, e_fine in zip(coarse, fine):
+                assert abs(e_fine / e_coarse - 0.5) < 0.05  # first order: the error halves with Δt
+        assert abs(errors[-1][0]) < 0.01 * math.exp(-B / 2)
+
+
 def test_ddpm_chain_with_sqrt_keeps_unit_variance_and_without_sqrt_does_not():
     """Unit-variance data stays at variance 1 along the DDPM chain (v <- (1 − β) v + β); the slip
     x ← (1 − β) x + √β z (no square root on the mean factor) loses it: negative control."""
