@@ -61,8 +61,8 @@ def test_capped_step_rule_is_constant_and_sigma2_rule_keeps_alpha_over_sigma2():
 def test_snr_of_a_step_and_the_stability_of_every_level():
     """Proposition prop-ald-snr on data N(0, s0² I_D): SNR_i² = α_i κ_i/(2σ_i²) with κ_i = σ_i²/(s0² + σ_i²),
     Monte Carlo against the formula; the rule makes it ε κ_i/(2σ_L²), level-free once κ ≈ 1, while
-    a constant step makes SNR ∝ 1/σ. And with point-mass data the whole ladder is stable for
-    ε < 2σ_L² and diverges at every level beyond it."""
+    a constant step makes SNR ∝ 1/σ. And with point-mass data, where α_i/σ_i² = ε/σ_L² at every
+    level, the ladder ends with a bounded variance for ε < 2σ_L² and diverges beyond it."""
     s0, dim, eps = 0.5, 4, 1e-3
     sigmas = schedules.geometric(20.0, 5.0, 4)
     g = torch.Generator().manual_seed(6)

@@ -38,14 +38,20 @@ def test_mmd_separates_laws_and_not_samples_of_one_law():
 
 def test_mmd_of_two_shifted_gaussians_matches_its_closed_form():
     """For N(0, I) and N(δ, I) in d dimensions and k = exp(−‖a − b‖²/(2h²)), Gaussian integrals give
-    MMD² = 2 (h²/(h² + 2))^{d/2} (1 − exp(−‖δ‖²/(2(h² + 2)))); h ≠ 1 so h and h² are not confused."""
+    MMD² = 2 (h²/(h² + 2))^{d/2} (1 − exp(−‖δ‖²/(2(h² + 2)))). At h = 0.5 the value depends on the
+    bandwidth enough that the kernels exp(−‖a − b‖²/h²) and exp(−‖a − b‖²/(2h)) are rejected."""
+
+    def closed_form(h2, d=2, shift2=2.0):  # h2 = h², the kernel exp(−r²/(2 h2))
+        return 2 * (h2 / (h2 + 2)) ** (d / 2) * (1 - math.exp(-shift2 / (2 * (h2 + 2))))
+
     g = torch.Generator().manual_seed(7)
-    h, delta = 1.5, torch.tensor([1.0, 1.0])
-    exact = 2 * (h**2 / (h**2 + 2)) * (1 - math.exp(-delta.square().sum().item() / (2 * (h**2 + 2))))
+    h, delta = 0.5, torch.tensor([1.0, 1.0])
     values = torch.tensor([mmd(torch.randn(1000, 2, generator=g), torch.randn(1000, 2, generator=g) + delta,
                                bandwidth=h).item() for _ in range(10)])
-    assert abs(values.mean() - exact) < 4 * values.std() / 10**0.5
-    assert values.std() / 10**0.5 < 0.05 * exact  # tight enough to tell a factor in the kernel
+    se = values.std() / 10**0.5
+    assert abs(values.mean() - closed_form(h**2)) < 4 * se
+    wrong = [closed_form(h**2 / 2), closed_form(h)]  # the 2 dropped; h in place of h²
+    assert 4 * se < min(abs(w - closed_form(h**2)) for w in wrong)
 
 
 def test_digit_report_on_a_trained_classifier():

@@ -129,11 +129,11 @@ def test_reverse_sde_reproduces_the_two_time_law_and_the_ode_only_the_marginals(
             h = u - u_next
             x = x - rev.drift(x, torch.full((n,), u)) * h + float(rev.diffusion(u)) * math.sqrt(h) * torch.randn(
                 x.shape, generator=g)
-        assert float(x.var()) == pytest.approx(v(s), rel=0.03)  # both have the right marginal at s
+        assert float(x.var()) == pytest.approx(v(s), rel=0.05)  # both have the right marginal at s
         covariances[lam] = float(torch.cov(torch.cat([x, x_t], 1).T)[0, 1])
-    se = math.sqrt(v(s) * v(t) / n)
-    assert abs(covariances[1.0] - a * v(s)) < 4 * se + 0.01
-    assert abs(covariances[0.0] - math.sqrt(v(s) * v(t))) < 4 * se + 0.01
+    for lam, exact in ((1.0, a * v(s)), (0.0, math.sqrt(v(s) * v(t)))):
+        se = math.sqrt((v(s) * v(t) + exact**2) / n)  # of a sample covariance of a Gaussian pair
+        assert abs(covariances[lam] - exact) < 4 * se + 0.01
     assert math.sqrt(v(s) * v(t)) - a * v(s) > 0.5  # and the two differ by far more than that
 
 

@@ -82,15 +82,15 @@ def test_training_closes_most_of_the_gap_to_the_exact_score():
     """DATA is N(0, diag(1, 1/4)), so the perturbed score -x/(v + σ²) gives the loss's floor."""
     variance = torch.tensor([1.0, 0.25]) + 0.3**2
 
-    def held_out_loss(score):
+    def loss_on_fixed_noise(score):
         return loss_fn(score, DATA, torch.Generator().manual_seed(5)).item()
 
     model = fresh_model()
-    before = held_out_loss(model)
+    before = loss_on_fixed_noise(model)
     train(loss_fn, model, DATA, n_steps=300, lr=1e-2, batch_size=128)
-    floor = held_out_loss(lambda x: -x / variance)
+    floor = loss_on_fixed_noise(lambda x: -x / variance)
     with torch.no_grad():
-        assert held_out_loss(model) - floor < 0.2 * (before - floor)
+        assert loss_on_fixed_noise(model) - floor < 0.2 * (before - floor)
 
 
 def gradient_norms_seen_by_adam(grad_clip):
