@@ -4,6 +4,7 @@
     python -m companion sample DIR/checkpoint.pt --n 64 --out samples.png
     python -m companion evaluate DIR/checkpoint.pt --data-path PATH --holdout 1000 --n 1000 --out DIR/eval
     python -m companion evaluate DIR/checkpoint.pt ... --n 100 --from-level 36 --out DIR/eval36
+    python -m companion losses DIR/checkpoint.pt --data-path PATH --holdout 1000 --levels 37,41,45
     python -m companion classifier --data-path PATH --holdout 1000 --out classifier.pt
 
 Training resumes from DIR/checkpoint.pt when it exists, provided the recipe is the same; under
@@ -258,6 +259,40 @@ def evaluate_ncsn(args):
     return report
 
 
+def level_losses(args):
+    """The objective's term at chosen levels on training and on held-out digits (the same noise):
+    alike, the model underfits; held-out higher, it overfits (Chapter 7)."""
+    from .losses import ncsn_loss_per_level
+
+    device = machine(args)
+    model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
+    if args.holdout != config.get("holdout"):
+        raise ValueError(f"--holdout {args.holdout} differs from the {config.get('holdout')} the model was trained "
+                         f"without; compare with the split it never saw")
+    (train_images, _), (held_out, _) = split_mnist(args)
+    if not 1 <= args.n <= min(len(train_images), len(held_out)):
+        raise ValueError(f"--n must be between 1 and {min(len(train_images), len(held_out))} (the smaller split); "
+                         f"got {args.n}")
+    levels = [int(v) for v in args.levels.split(",")] if args.levels else list(range(1, len(sigmas) + 1))
+    if not all(1 <= i <= len(sigmas) for i in levels):
+        raise ValueError(f"--levels must be between 1 and the {len(sigmas)} levels of the model; got {args.levels}")
+    at = sigmas[[i - 1 for i in levels]].to(device=device, dtype=torch.get_default_dtype())
+    result = {}
+    with torch.inference_mode():
+        for name, images in (("train", train_images), ("held_out", held_out)):
+            x = datasets.dequantize(images[: args.n].to(device), 256, generator=torch.Generator(device).manual_seed(args.seed))
+            losses = ncsn_loss_per_level(model, x, at, generator=torch.Generator(device).manual_seed(args.seed + 1),
+                                         batch_size=args.batch_size)
+            result[name] = losses.tolist()
+    report = {str(i): {"sigma": float(sigmas[i - 1]), "train": a, "held_out": b}
+              for i, a, b in zip(levels, result["train"], result["held_out"])}
+    for i, r in report.items():
+        print(f"level {int(i):3d}  sigma {r['sigma']:7.3f}  train {r['train']:8.3f}  held-out {r['held_out']:8.3f}")
+    if args.out:
+        write_json({"n": args.n, "seed": args.seed, "weights": args.weights, "levels": report}, args.out)
+    return report
+
+
 def write_json(obj, path):
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
@@ -376,6 +411,18 @@ def main(argv=None):
     ex.add_argument("checkpoint")
     ex.add_argument("--log", default=None, help="the training log, whose losses go into the card")
     ex.add_argument("--out", required=True, help="the .pt to write; the card goes beside it as .json")
+    lo = commands.add_parser("losses", help="the loss at each level on training and on held-out digits")
+    lo.add_argument("checkpoint")
+    lo.add_argument("--data-path", required=True, help="the MNIST the model was trained on (.npz or IDX folder)")
+    lo.add_argument("--holdout", type=int, required=True, help="the held-out tail the model was trained without")
+    lo.add_argument("--n", type=int, default=1000, help="digits from each split")
+    lo.add_argument("--levels", default=None, help="comma-separated levels, 1-based (default: all)")
+    lo.add_argument("--batch-size", type=int, default=250)
+    lo.add_argument("--weights", choices=["ema", "raw"], default="ema")
+    lo.add_argument("--seed", type=int, default=0)
+    lo.add_argument("--out", default=None, help="a .json for the table")
+    lo.add_argument("--threads", type=int, default=None)
+    lo.add_argument("--device", default=None)
     cl = commands.add_parser("classifier", help="train the digit classifier of the evaluation")
     cl.add_argument("--data-path", required=True)
     cl.add_argument("--holdout", type=int, required=True)
@@ -391,6 +438,8 @@ def main(argv=None):
         return sample_ncsn(args)
     if args.command == "evaluate":
         return evaluate_ncsn(args)
+    if args.command == "losses":
+        return level_losses(args)
     if args.command == "classifier":
         return train_digit_classifier(args)
     if args.command == "export":

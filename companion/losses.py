@@ -298,6 +298,41 @@ def ncsn_loss(score_fn, x, sigmas, *, weighting="sigma2", generator=None, reduct
     return _reduce(per_sample, reduction)
 
 
+def ncsn_loss_per_level(score_fn, x, sigmas, *, generator=None, batch_size=None):
+    """The NCSN objective's term at each level (Chapter 7, Where in the ladder the samples go wrong)::
+
+        L_i = ½ E‖σ_i s(x + σ_i z, σ_i) + z‖²,   the mean over x and z ~ N(0, I),
+
+    σ² times ``dsm_loss`` at σ_i, so ``ncsn_loss`` is their average over the levels. Compared on
+    training and on held-out data it tells underfitting (both alike) from overfitting (held-out
+    higher). Every level sees the same noise z, drawn once from ``generator``.
+
+    Args:
+        score_fn: the model, called as ``score_fn(x_noisy, sigma)`` with a [batch] tensor of levels.
+        x: [N, ...] clean samples.
+        sigmas: the levels at which to evaluate, any order.
+        generator: the torch.Generator of z.
+        batch_size: evaluate in chunks of this many samples (default: all at once).
+
+    Returns:
+        A [len(sigmas)] tensor.
+    """
+    _checks.batch(x)
+    sigmas = _checks.as_float_tensor(sigmas, "sigmas", dtype=x.dtype, device=x.device).reshape(-1)
+    if not (sigmas > 0).all():
+        raise ValueError("every sigma must be positive")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    chunks = list(zip(x.split(batch_size or len(x)), z.split(batch_size or len(x))))
+    out = torch.empty(len(sigmas), dtype=x.dtype, device=x.device)
+    for i, sigma in enumerate(sigmas):
+        total = sum(0.5 * _flat(sigma * score_fn(xb + sigma * zb, sigma.expand(len(xb))) + zb).square().sum()
+                    for xb, zb in chunks)
+        out[i] = total / len(x)
+    return out
+
+
 def _per_sample_sigma(sigma, x):
     """sigma as a tensor broadcastable against x: a positive number, or one level per sample."""
     if isinstance(sigma, torch.Tensor) and sigma.numel() > 1:

@@ -5,7 +5,7 @@ import torch
 
 from companion import schedules
 from companion.distributions import GaussianMixture
-from companion.losses import ncsn_loss
+from companion.losses import ncsn_loss, ncsn_loss_per_level
 from companion.samplers import annealed_langevin, langevin
 
 MIXTURE = GaussianMixture.isotropic([0.8, 0.2], [[5.0, 5.0], [-5.0, -5.0]], 1.0).to(dtype=torch.float64)
@@ -60,6 +60,34 @@ def test_ncsn_loss_of_the_exact_score_at_each_level():
         exact = 0.5 * dim * s0**2 / (s0**2 + level**2)
         assert abs(values.mean() - exact) < 4 * values.std() / len(values) ** 0.5 + 1e-12
     assert per.mean() < dim / 2  # every level's term lies in [0, D/2]: the weighting balances them
+
+
+def test_ncsn_loss_per_level_of_the_exact_score():
+    """Each level's term is ½ D s0²/(s0² + σ²) for Gaussian data and the exact score; chunks give the
+    same numbers; and a model that is exact at one level only is flagged at a level far from it."""
+    s0, dim = 1.5, 2
+    gaussian = GaussianMixture.isotropic([1.0], [[1.0, -2.0]], s0**2).to(dtype=torch.float64)
+    x = gaussian.sample(40_000, generator=torch.Generator().manual_seed(3))
+    sigmas = torch.tensor([0.05, 0.5, 4.0], dtype=torch.float64)
+
+    def score(x_noisy, sigma):
+        return -(x_noisy - gaussian.means[0]) / (s0**2 + sigma[:, None] ** 2)
+
+    per = ncsn_loss_per_level(score, x, sigmas, generator=torch.Generator().manual_seed(4))
+    exact = 0.5 * dim * s0**2 / (s0**2 + sigmas**2)
+    assert ((per - exact).abs() < 0.02 * exact).all()  # standard errors are about 0.7 % of each term
+    chunked = ncsn_loss_per_level(score, x, sigmas, generator=torch.Generator().manual_seed(4), batch_size=7000)
+    torch.testing.assert_close(chunked, per)
+
+    def stuck(x_noisy, sigma):  # the exact score of level 0.5, whatever σ is asked for
+        return score(x_noisy, torch.full_like(sigma, 0.5))
+
+    wrong = ncsn_loss_per_level(stuck, x, sigmas, generator=torch.Generator().manual_seed(4))
+    assert abs(wrong[1] - per[1]) < 1e-12 and wrong[2] > 2 * per[2]
+    with pytest.raises(ValueError, match="batch_size"):
+        ncsn_loss_per_level(score, x, sigmas, batch_size=0)
+    with pytest.raises(ValueError, match="positive"):
+        ncsn_loss_per_level(score, x, [0.5, 0.0])
 
 
 def test_annealed_langevin_recovers_the_mixture_weights_where_langevin_does_not():

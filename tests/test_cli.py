@@ -98,6 +98,26 @@ def test_classifier_and_evaluate_commands(tmp_path, capsys):
     for bad, match in ((["--from-level", "4"], "between 1 and the 3 levels"), (["--from-level", "1", "--n", "21"], "at most 20")):
         with pytest.raises(ValueError, match=match):
             main(["evaluate", *common, "--holdout", "20", *bad])
+    # The loss per level on each split: the library's numbers on the same digits and noise.
+    from companion.datasets import dequantize
+    from companion.losses import ncsn_loss_per_level
+    from companion.pretrained import model_from_checkpoint
+
+    table = tmp_path / "losses.json"
+    losses = main(["losses", f"{run}/checkpoint.pt", "--data-path", data, "--holdout", "20", "--n", "8",
+                   "--levels", "3,1", "--out", str(table)])
+    assert list(losses) == ["3", "1"] and json.loads(table.read_text())["levels"] == losses
+    model, sigmas, _ = model_from_checkpoint(f"{run}/checkpoint.pt")
+    images = torch.tensor(np.load(data)["images"])
+    for name, split in (("train", images[:8]), ("held_out", images[-20:][:8])):
+        x = dequantize(split, 256, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = ncsn_loss_per_level(model, x, sigmas[[2, 0]].float(), generator=torch.Generator().manual_seed(1))
+        assert [losses[i][name] for i in ("3", "1")] == pytest.approx(expected.tolist(), rel=1e-5)
+    for bad, match in ((["--levels", "0"], "between 1 and the 3 levels"), (["--n", "21"], "between 1 and 20"),
+                       (["--holdout", "10"], "--holdout 10 differs")):
+        with pytest.raises(ValueError, match=match):
+            main(["losses", f"{run}/checkpoint.pt", "--data-path", data, "--holdout", "20", "--n", "8", *bad])
 
 
 def test_ncsnv2_architecture_trains_and_samples(tmp_path):
