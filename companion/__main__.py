@@ -261,7 +261,7 @@ def evaluate_ncsn(args):
 
 def level_losses(args):
     """The objective's term at chosen levels on training and on held-out digits (the same noise):
-    alike, the model underfits; held-out higher, it overfits (Chapter 7)."""
+    alike, no overfitting; held-out higher, overfitting (Chapter 7)."""
     from .losses import ncsn_loss_per_level
 
     device = machine(args)

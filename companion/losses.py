@@ -303,9 +303,9 @@ def ncsn_loss_per_level(score_fn, x, sigmas, *, generator=None, batch_size=None)
 
         L_i = ½ E‖σ_i s(x + σ_i z, σ_i) + z‖²,   the mean over x and z ~ N(0, I),
 
-    σ² times ``dsm_loss`` at σ_i, so ``ncsn_loss`` is their average over the levels. Compared on
-    training and on held-out data it tells underfitting (both alike) from overfitting (held-out
-    higher). Every level sees the same noise z, drawn once from ``generator``.
+    σ² times ``dsm_loss`` at σ_i; ``ncsn_loss`` over the same levels is their average in expectation. Compared on
+    training and on held-out data it shows overfitting (held-out higher) or its absence (both
+    alike). Every level sees the same noise z, drawn once from ``generator``.
 
     Args:
         score_fn: the model, called as ``score_fn(x_noisy, sigma)`` with a [batch] tensor of levels.
