@@ -202,16 +202,22 @@ def machine(args):
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def evaluate_ncsn(args):
-    """Sample n digits and judge them with the digit classifier against the held-out split."""
-    from .metrics import digit_report, load_digit_classifier
-
+def trained_model_and_splits(args, verb):
+    """The checkpoint's model (on --device) and MNIST's two splits, after checking that --holdout is
+    the split the model was trained without."""
     device = machine(args)
     model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
     if args.holdout != config.get("holdout"):
         raise ValueError(f"--holdout {args.holdout} differs from the {config.get('holdout')} the model was trained "
-                         f"without; evaluate on the split it never saw")
-    (train_images, _), (real, _) = split_mnist(args)
+                         f"without; {verb} the split it never saw")
+    return device, model, sigmas, config, split_mnist(args)
+
+
+def evaluate_ncsn(args):
+    """Sample n digits and judge them with the digit classifier against the held-out split."""
+    from .metrics import digit_report, load_digit_classifier
+
+    device, model, sigmas, config, ((train_images, _), (real, _)) = trained_model_and_splits(args, "evaluate on")
     baseline = train_images[: args.n]  # real digits, none held out
     classifier = load_digit_classifier(args.classifier)
     start, step_lr = None, args.step_lr
@@ -264,12 +270,7 @@ def level_losses(args):
     alike, no overfitting; held-out higher, overfitting (Chapter 7)."""
     from .losses import ncsn_loss_per_level
 
-    device = machine(args)
-    model, sigmas, config = model_from_checkpoint(args.checkpoint, device, args.weights)
-    if args.holdout != config.get("holdout"):
-        raise ValueError(f"--holdout {args.holdout} differs from the {config.get('holdout')} the model was trained "
-                         f"without; compare with the split it never saw")
-    (train_images, _), (held_out, _) = split_mnist(args)
+    device, model, sigmas, _, ((train_images, _), (held_out, _)) = trained_model_and_splits(args, "compare with")
     if not 1 <= args.n <= min(len(train_images), len(held_out)):
         raise ValueError(f"--n must be between 1 and {min(len(train_images), len(held_out))} (the smaller split); "
                          f"got {args.n}")
