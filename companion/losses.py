@@ -299,7 +299,8 @@ def ncsn_loss(score_fn, x, sigmas, *, weighting="sigma2", generator=None, reduct
 
 
 def ncsn_loss_per_level(score_fn, x, sigmas, *, generator=None, batch_size=None):
-    """The NCSN objective's term at each level (Chapter 7, Where in the ladder the samples go wrong)::
+    """The NCSN objective's term at each level (Song & Ermon 2019, Eq. 6; Chapter 7, Where in the
+    ladder the samples go wrong)::
 
         L_i = ½ E‖σ_i s(x + σ_i z, σ_i) + z‖²,   the mean over x and z ~ N(0, I),
 
