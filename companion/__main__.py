@@ -363,9 +363,18 @@ def _sampling_options(p, compile=False):
 def _machine_options(p, compile=False):
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compile,
                    help=f"torch.compile the network (default {'on' if compile else 'off'}; pays off on long runs)")
+    _device_options(p)
+    p.add_argument("--progress", action="store_true")
+
+
+def _device_options(p):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--progress", action="store_true")
+
+
+def _split_options(p):
+    p.add_argument("--data-path", required=True, help="the MNIST the model was trained on (.npz or IDX folder)")
+    p.add_argument("--holdout", type=int, required=True, help="the held-out tail the model was trained without")
 
 
 def main(argv=None):
@@ -398,8 +407,7 @@ def main(argv=None):
     sa.add_argument("--out", default="samples.png")
     ev = commands.add_parser("evaluate", help="sample and judge the samples against held-out digits")
     _sampling_options(ev, compile=True)
-    ev.add_argument("--data-path", required=True, help="the MNIST the model was trained on (.npz or IDX folder)")
-    ev.add_argument("--holdout", type=int, required=True, help="the held-out tail the model was trained without")
+    _split_options(ev)
     ev.add_argument("--n", type=int, default=1000)
     ev.add_argument("--batch-size", type=int, default=250)
     ev.add_argument("--classifier", default=None, help="default: the classifier shipped with companion")
@@ -414,16 +422,14 @@ def main(argv=None):
     ex.add_argument("--out", required=True, help="the .pt to write; the card goes beside it as .json")
     lo = commands.add_parser("losses", help="the loss at each level on training and on held-out digits")
     lo.add_argument("checkpoint")
-    lo.add_argument("--data-path", required=True, help="the MNIST the model was trained on (.npz or IDX folder)")
-    lo.add_argument("--holdout", type=int, required=True, help="the held-out tail the model was trained without")
+    _split_options(lo)
     lo.add_argument("--n", type=int, default=1000, help="digits from each split")
     lo.add_argument("--levels", default=None, help="comma-separated levels, 1-based (default: all)")
     lo.add_argument("--batch-size", type=int, default=250)
     lo.add_argument("--weights", choices=["ema", "raw"], default="ema")
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--out", default=None, help="a .json for the table")
-    lo.add_argument("--threads", type=int, default=None)
-    lo.add_argument("--device", default=None)
+    _device_options(lo)
     cl = commands.add_parser("classifier", help="train the digit classifier of the evaluation")
     cl.add_argument("--data-path", required=True)
     cl.add_argument("--holdout", type=int, required=True)

@@ -46,6 +46,12 @@ def non_negative_int(value, name):
     return value
 
 
+def positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
 def last_dim(x, dim, name="x"):
     """Check that `x` is a tensor of shape [..., dim]."""
     if not isinstance(x, torch.Tensor):

@@ -143,8 +143,7 @@ def hutchinson_trace(score_fn, x, *, n_probes=1, probe="rademacher", generator=N
         generator: the torch.Generator of the probes.
     """
     _checks.batch(x)
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
+    _checks.positive_int(n_probes, "n_probes")
     v = _probes((n_probes, x.shape[0], x[0].numel()), probe, generator, x)
     _, quad = _score_and_vjp_quadratic(score_fn, x, v)
     return quad.mean(0)
@@ -194,8 +193,7 @@ def ism_loss(score_fn, x, *, trace="exact", n_probes=1, probe="rademacher", gene
         s = score_fn(x)
         tr = jacobian_trace(score_fn, x, method="vectorized" if trace == "exact" else "loop")
     elif trace == "hutchinson":
-        if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-            raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
+        _checks.positive_int(n_probes, "n_probes")
         v = _probes((n_probes, x.shape[0], x[0].numel()), probe, generator, x)
         s_rep, quad = _score_and_vjp_quadratic(score_fn, x, v)
         s, tr = s_rep[0], quad.mean(0)
@@ -227,8 +225,7 @@ def ssm_loss(score_fn, x, *, n_projections=1, probe="gaussian", variance_reducti
     """
     _checks.batch(x)
     _check_reduction(reduction)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive integer; got {n_projections!r}")
+    _checks.positive_int(n_projections, "n_projections")
     v = _probes((n_projections, x.shape[0], x[0].numel()), probe, generator, x)
     s, quad = _score_and_vjp_quadratic(score_fn, x, v)
     if variance_reduction:
@@ -322,8 +319,8 @@ def ncsn_loss_per_level(score_fn, x, sigmas, *, generator=None, batch_size=None)
     sigmas = _checks.as_float_tensor(sigmas, "sigmas", dtype=x.dtype, device=x.device).reshape(-1)
     if not (sigmas > 0).all():
         raise ValueError("every sigma must be positive")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+    if batch_size is not None:
+        _checks.positive_int(batch_size, "batch_size")
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     chunks = list(zip(x.split(batch_size or len(x)), z.split(batch_size or len(x))))
     out = torch.empty(len(sigmas), dtype=x.dtype, device=x.device)

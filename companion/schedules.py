@@ -168,8 +168,7 @@ def ncsnv2_gamma(dim, target=0.5):
         ValueError: if ``dim`` is not a positive integer or ``target`` is outside the range of the
             left side on that bracket.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer; got {dim!r}")
+    _checks.positive_int(dim, "dim")
     c = math.sqrt(2 * dim)
 
     def overlap(g):
@@ -222,8 +221,7 @@ def ncsnv2_step_size(sigma_min, gamma, n_steps_each):
     _checks.positive_number(sigma_min, "sigma_min")
     if not gamma > 1:
         raise ValueError(f"gamma must exceed 1; got {gamma}")
-    if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
-        raise ValueError(f"n_steps_each must be a positive integer; got {n_steps_each!r}")
+    _checks.positive_int(n_steps_each, "n_steps_each")
 
     def gap(log_eps):
         return abs(ncsnv2_variance_ratio(math.exp(log_eps), sigma_min, gamma, n_steps_each) - 1)

@@ -32,8 +32,7 @@ def fit(loss_fn, model, data, *, n_steps, batch_size=256, lr=1e-3, generator=Non
     _checks.batch(data, "data")
     _checks.non_negative_int(n_steps, "n_steps")
     _checks.positive_number(lr, "lr")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    _checks.positive_int(batch_size, "batch_size")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = torch.empty(n_steps, device=data.device)
     for i in trange(n_steps, disable=not progress, desc="training"):
@@ -123,12 +122,10 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
 
     _checks.non_negative_int(n_steps, "n_steps")
     _checks.positive_number(lr, "lr")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    _checks.positive_int(batch_size, "batch_size")
     if grad_clip is not None:  # a negative bound would flip every gradient, zero would erase them
         _checks.positive_number(grad_clip, "grad_clip")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive integer; got {checkpoint_every!r}")
+    _checks.positive_int(checkpoint_every, "checkpoint_every")
     rank, world = _process_group()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the {world} processes")

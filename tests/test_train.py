@@ -172,7 +172,8 @@ def test_compiled_training_takes_the_same_steps(tmp_path):
 
 
 @pytest.mark.parametrize("options, match", [({"grad_clip": -1.0}, "grad_clip"), ({"grad_clip": 0.0}, "grad_clip"),
-                                            ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size")])
+                                            ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"),
+                                            ({"checkpoint_every": 0}, "checkpoint_every")])
 def test_bad_training_options_raise(options, match):
     # A negative clipping bound would reverse every gradient and zero would erase them, silently.
     with pytest.raises(ValueError, match=match):
