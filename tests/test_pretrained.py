@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from companion import pretrained
-from companion.refinenet import CondRefineNetDilated
+from companion.refinenet import NCSNv2, CondRefineNetDilated
 
 
 def test_the_shipped_model_matches_its_card():
@@ -20,14 +20,22 @@ def test_the_shipped_model_matches_its_card():
     assert card["train_command"].startswith("python -m companion train ncsn")
     # The loaded model is the card's network with the EMA weights, its output divided by σ.
     config = card["config"]
-    assert config["model"] == "CondRefineNetDilated" and config["divide_by_sigma"]
-    net = CondRefineNetDilated(channels=1, ngf=config["ngf"], n_levels=len(sigmas), image_size=config["image_size"])
-    net.load_state_dict({k.removeprefix("net."): v for k, v in state["ema"]["shadow"].items() if k.startswith("net.")})
-    net.eval()
     x, levels = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, len(sigmas) - 1])
+    sigma = sigmas[levels].float()
+    shadow = state["ema"]["shadow"]
+    if config["model"] == "NCSNv2":
+        net = NCSNv2(channels=1, ngf=config["ngf"], image_size=config["image_size"])
+        net.load_state_dict(shadow)
+        unit = torch.ones(2)
+    else:
+        assert config["model"] == "CondRefineNetDilated" and config["divide_by_sigma"]
+        net = CondRefineNetDilated(channels=1, ngf=config["ngf"], n_levels=len(sigmas), image_size=config["image_size"])
+        net.load_state_dict({k.removeprefix("net."): v for k, v in shadow.items() if k.startswith("net.")})
+        unit = levels
+    net.eval()
     with torch.no_grad():
-        out = model(x, sigmas[levels].float())
-        expected = net(x, levels) / sigmas[levels].float().view(-1, 1, 1, 1)
+        out = model(x, sigma)
+        expected = net(x, unit) / sigma.view(-1, 1, 1, 1)
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
