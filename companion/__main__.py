@@ -7,7 +7,9 @@
     python -m companion losses DIR/checkpoint.pt --data-path PATH --holdout 1000 --levels 37,41,45
     python -m companion classifier --data-path PATH --holdout 1000 --out classifier.pt
 
-Training resumes from DIR/checkpoint.pt when it exists, provided the recipe is the same; under
+Training resumes from DIR/checkpoint.pt when it exists, provided the recipe is the same;
+`--init CKPT` starts a new run from the EMA weights of another run of the same network and noise
+levels (a warm start, e.g. at a lower learning rate), with a fresh optimiser; under
 `torchrun --nproc_per_node K -m companion train ...` it runs data-parallel on K processes.
 Sampling uses the EMA weights and annealed Langevin dynamics with NCSNv2's step-size rule.
 `--from-level i` starts the chains from held-out digits noised to σ_i instead of from noise: the
@@ -67,6 +69,28 @@ def ncsn_recipe(args, images, levels):
     return schedules.geometric(sigma_max, args.sigma_min, n_levels)
 
 
+# What a warm start must share with the run it starts from: the network and the noise levels.
+SAME_NETWORK = ("model", "data", "holdout", "ngf", "image_size", "sigmas", "divide_by_sigma", "grey_levels")
+
+
+def warm_start(path, config):
+    """The EMA weights of the checkpoint at `path` and the record of them for the new run's config.
+    Raises ValueError when that run trained another network or on other noise levels."""
+    import hashlib
+
+    state = load_checkpoint(path)
+    saved = state["config"]
+    changed = [k for k in SAME_NETWORK if saved.get(k) != config.get(k)]
+    if changed:
+        raise ValueError(f"--init {path} was trained with another network or noise levels (differs in {changed}); "
+                         f"warm-start only from a run of the same --arch, --ngf, data and levels")
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    record = {"checkpoint": path, "sha256": digest, "step": int(state["step"]), "lr": saved.get("lr"),
+              **({"init": saved["init"]} if "init" in saved else {})}
+    return state["ema"]["shadow"], record
+
+
 def train_ncsn(args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,6 +104,9 @@ def train_ncsn(args):
         "divide_by_sigma": not args.no_divide_by_sigma, "batch_size": args.batch_size, "lr": args.lr,
         "ema_decay": args.ema_decay, "seed": args.seed, "grey_levels": levels,
     }
+    init = None
+    if args.init:
+        init, config["init"] = warm_start(args.init, config)
     checkpoint = os.path.join(args.out, "checkpoint.pt")
     if os.path.isfile(checkpoint):
         saved = load_checkpoint(checkpoint)["config"]
@@ -116,7 +143,7 @@ def train_ncsn(args):
         model, images, n_steps=args.steps, out_dir=args.out, batch_size=args.batch_size, lr=args.lr,
         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, seed=args.seed,
         transform=lambda batch, g: datasets.dequantize(batch, levels, generator=g), config=config,
-        compile=args.compile, progress=args.progress, callback=report,
+        compile=args.compile, progress=args.progress, callback=report, init=init,
     )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -396,6 +423,8 @@ def main(argv=None):
     tr.add_argument("--batch-size", type=int, default=64, help="the global batch (over all processes)")
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--ema-decay", type=float, default=0.999)
+    tr.add_argument("--init", metavar="CHECKPOINT",
+                    help="warm start: begin from the EMA weights of this run's checkpoint (same network and levels)")
     tr.add_argument("--checkpoint-every", type=int, default=250)
     tr.add_argument("--log-every", type=int, default=50)
     tr.add_argument("--seed", type=int, default=0)

@@ -76,7 +76,8 @@ def _process_group():
 
 
 def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3, ema_decay=0.999, grad_clip=None,
-          checkpoint_every=500, seed=0, transform=None, config=None, compile=False, progress=False, callback=None):
+          checkpoint_every=500, seed=0, transform=None, config=None, compile=False, progress=False, callback=None,
+          init=None):
     """The training loop for any score-matching loss: Adam, EMA of the weights, optional gradient
     clipping, atomic checkpoints, resumption, and data-parallel training (Chapter 7, Training on
     MNIST).
@@ -104,6 +105,10 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
         progress: show a progress bar (process 0 only).
         callback: called as ``callback({'step': step, 'loss': loss, 'model': model, 'ema': ema})``
             after every step.
+        init: a warm start, a state dict of the model's weights that both the model and its EMA
+            start from, with a fresh optimiser, at step 0 (e.g. another run's EMA weights, to go on
+            at a lower learning rate). Ignored when ``out_dir`` already holds a checkpoint: a
+            resumed run continues from that.
 
     Returns:
         A pair ``(ema, losses)``, the EMA helper (its weights are the ones to sample with) and the
@@ -160,6 +165,9 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
         elif streams:
             raise ValueError(f"{path} was written by {len(streams)} processes; resume it with as many, not 1")
         start = int(state["step"])
+    elif init is not None:
+        model.load_state_dict(init)
+        ema = EMA(model, ema_decay)
 
     def checkpoint(step):
         streams = []

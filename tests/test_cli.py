@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from companion.__main__ import main
+from companion.pretrained import sha256
 from companion.train import load_checkpoint
 
 ARGS = ["train", "ncsn", "--no-compile", "--data", "digits", "--holdout", "100", "--ngf", "4", "--checkpoint-every", "2",
@@ -26,14 +28,28 @@ def test_train_resume_and_recipe_check(tmp_path, capsys):
         main(ARGS[:-4] + ["--n-levels", "6", "--sigma-max", "3.0", "--steps", "5", "--out", out])
 
 
+def test_a_warm_start_takes_the_ema_weights_of_a_run_of_the_same_network(tmp_path):
+    main(ARGS + ["--steps", "2", "--out", str(tmp_path / "a")])
+    first = tmp_path / "a" / "checkpoint.pt"
+    main(ARGS + ["--steps", "1", "--lr", "1e-4", "--ema-decay", "0.5", "--init", str(first), "--out", str(tmp_path / "b")])
+    a, b = load_checkpoint(first), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    record = b["config"]["init"]
+    assert record["step"] == 2 and record["lr"] == 1e-3 and record["checkpoint"] == str(first)
+    assert record["sha256"] == sha256(first) and b["step"] == 1
+    for k, v in b["model"].items():  # the EMA after one step is the average of the start and the step
+        if v.is_floating_point():
+            torch.testing.assert_close(b["ema"]["shadow"][k], 0.5 * a["ema"]["shadow"][k] + 0.5 * v)
+    with pytest.raises(ValueError, match=r"another network or noise levels \(differs in \['sigmas'\]\)"):
+        main(ARGS[:-4] + ["--n-levels", "6", "--sigma-max", "3.0", "--steps", "1", "--init", str(first),
+                          "--out", str(tmp_path / "c")])
+
+
 def test_mnist_needs_a_path():
     with pytest.raises(SystemExit):
         main(["train", "ncsn", "--steps", "1", "--out", "x"])
 
 
 def test_sample_from_a_checkpoint(tmp_path):
-    import torch
-
     out = str(tmp_path / "run")
     main(ARGS + ["--steps", "2", "--out", out])
     png = tmp_path / "s.png"
@@ -77,7 +93,6 @@ def test_classifier_and_evaluate_commands(tmp_path, capsys):
     assert "from_level" not in report
     assert json.loads((out / "report.json").read_text())["frechet"] == report["frechet"]
     import numpy as np
-    import torch
 
     assert torch.load(out / "samples.pt", weights_only=True).shape == (6, 1, 28, 28)
     with pytest.raises(ValueError, match="--holdout 10 differs"):
@@ -121,8 +136,6 @@ def test_classifier_and_evaluate_commands(tmp_path, capsys):
 
 
 def test_ncsnv2_architecture_trains_and_samples(tmp_path):
-    import torch
-
     out = str(tmp_path / "v2")
     main(ARGS + ["--arch", "ncsnv2", "--steps", "2", "--out", out])
     state = load_checkpoint(tmp_path / "v2" / "checkpoint.pt")
@@ -141,8 +154,6 @@ def test_missing_classifier_is_a_clear_error(tmp_path):
 
 
 def test_export_writes_ema_weights_and_a_card(tmp_path):
-    import torch
-
     from companion.pretrained import model_from_checkpoint, sha256
 
     run = tmp_path / "run"
@@ -182,7 +193,6 @@ def test_each_process_binds_its_gpu_before_joining_the_group(monkeypatch):
     # set_device every process would use cuda:0.
     import argparse
 
-    import torch
     import torch.distributed as dist
 
     from companion.__main__ import start_processes

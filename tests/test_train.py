@@ -52,6 +52,27 @@ def test_resuming_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 10
 
 
+def test_a_warm_start_begins_from_the_given_weights_with_a_fresh_optimiser(tmp_path):
+    trained = fresh_model()
+    train(loss_fn, trained, DATA, n_steps=20, lr=1e-2)
+    init = {k: v.clone() for k, v in trained.state_dict().items()}
+    model = fresh_model()
+    ema, _ = train(loss_fn, model, DATA, n_steps=1, lr=1e-3, init=init, ema_decay=0.9)
+    for k, v in model.state_dict().items():
+        # Adam's first step from a fresh state moves every parameter by lr·g/(|g| + eps) ≈ ±lr
+        moved = (v - init[k]).abs()
+        torch.testing.assert_close(moved, torch.full_like(moved, 1e-3), rtol=1e-3, atol=0)
+        torch.testing.assert_close(ema.shadow[k], 0.9 * init[k] + 0.1 * v)
+    # A run that has a checkpoint resumes from it; the warm start only begins a run.
+    whole = fresh_model()
+    train(loss_fn, whole, DATA, n_steps=4, out_dir=tmp_path / "a", checkpoint_every=2, lr=1e-2)
+    train(loss_fn, fresh_model(), DATA, n_steps=2, out_dir=tmp_path / "b", checkpoint_every=2, lr=1e-2)
+    resumed = fresh_model()
+    train(loss_fn, resumed, DATA, n_steps=4, out_dir=tmp_path / "b", checkpoint_every=2, lr=1e-2, init=init)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_checkpoints_are_written_atomically_and_load_weights_only(tmp_path):
     path = tmp_path / "c" / "checkpoint.pt"
     save_checkpoint({"step": 3, "w": torch.ones(2)}, path)
