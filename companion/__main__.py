@@ -355,6 +355,10 @@ def export_checkpoint(args):
         "train_command": json.load(open(recipe))["command"] if os.path.isfile(recipe) else None,
         "config": state["config"], "training_log": parse_log(args.log, state["step"]) if args.log else [],
     }
+    if args.init_log:  # a warm-started run: the losses of the run it started from, up to the start
+        if "init" not in state["config"]:
+            raise ValueError(f"--init-log: {args.checkpoint} was not warm-started (trained without --init); drop --init-log")
+        card["init_training_log"] = parse_log(args.init_log, state["config"]["init"]["step"])
     write_json(card, os.path.splitext(args.out)[0] + ".json")
     print(f"{args.out}: step {state['step']}, {card['bytes'] / 1e6:.1f} MB, SHA-256 {digest}")
     return card
@@ -448,6 +452,8 @@ def main(argv=None):
     ex = commands.add_parser("export", help="write the EMA weights of a checkpoint and their model card")
     ex.add_argument("checkpoint")
     ex.add_argument("--log", default=None, help="the training log, whose losses go into the card")
+    ex.add_argument("--init-log", default=None,
+                    help="for a warm-started run, the log of the run it started from (its losses up to the start)")
     ex.add_argument("--out", required=True, help="the .pt to write; the card goes beside it as .json")
     lo = commands.add_parser("losses", help="the loss at each level on training and on held-out digits")
     lo.add_argument("checkpoint")

@@ -39,6 +39,12 @@ def test_a_warm_start_takes_the_ema_weights_of_a_run_of_the_same_network(tmp_pat
     for k, v in b["model"].items():  # the EMA after one step is the average of the start and the step
         if v.is_floating_point():
             torch.testing.assert_close(b["ema"]["shadow"][k], 0.5 * a["ema"]["shadow"][k] + 0.5 * v)
+    log = tmp_path / "a.log"
+    log.write_text("step 1: loss 3.5000, 0.10 s/step\nstep 2: loss 3.0000, 0.10 s/step\nstep 3: loss 2.0000, 0.10 s/step\n")
+    card = main(["export", str(tmp_path / "b" / "checkpoint.pt"), "--init-log", str(log), "--out", str(tmp_path / "m.pt")])
+    assert card["init_training_log"] == [[1, 3.5, 0.1], [2, 3.0, 0.1]] and card["config"]["init"] == record
+    with pytest.raises(ValueError, match="not warm-started"):
+        main(["export", str(first), "--init-log", str(log), "--out", str(tmp_path / "n.pt")])
     with pytest.raises(ValueError, match=r"another network or noise levels \(differs in \['sigmas'\]\)"):
         main(ARGS[:-4] + ["--n-levels", "6", "--sigma-max", "3.0", "--steps", "1", "--init", str(first),
                           "--out", str(tmp_path / "c")])
