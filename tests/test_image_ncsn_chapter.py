@@ -68,3 +68,19 @@ def test_receptive_field_of_the_encoder_stages():
         rows = grad[0, 0].abs().sum(1).nonzero()
         sides.append(int(rows.max() - rows.min() + 1))
     assert sides == [11, 24, 56, 120]
+
+
+def test_the_first_recipes_restoration_curve_in_the_chapter_is_its_cards():
+    """Chapter 7 plots the first recipe's restoration curve from a literal dict; it must be the card's."""
+    import ast
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    text = (root / "book" / "image-ncsn.md").read_text()
+    literal = re.search(r"^first_recipe = (\{.*?\})$", text, re.M | re.S)[1]
+    in_chapter = ast.literal_eval(literal)
+    card = json.loads((root / "runs" / "ncsn-mnist-ngf16" / "card.json").read_text())
+    in_card = {round(r["from_sigma"], 3): r["confident_share"] for r in card["restoration"].values()}
+    assert in_chapter == in_card
