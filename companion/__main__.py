@@ -27,7 +27,7 @@ import torch
 
 from . import datasets, schedules
 from .losses import ncsn_loss
-from .pretrained import build_model, model_from_checkpoint
+from .pretrained import build_model, model_from_checkpoint, sha256
 from .train import load_checkpoint, train
 
 
@@ -76,17 +76,13 @@ SAME_NETWORK = ("model", "data", "holdout", "ngf", "image_size", "sigmas", "divi
 def warm_start(path, config):
     """The EMA weights of the checkpoint at `path` and the record of them for the new run's config.
     Raises ValueError when that run trained another network or on other noise levels."""
-    import hashlib
-
     state = load_checkpoint(path)
     saved = state["config"]
     changed = [k for k in SAME_NETWORK if saved.get(k) != config.get(k)]
     if changed:
         raise ValueError(f"--init {path} was trained with another network or noise levels (differs in {changed}); "
                          f"warm-start only from a run of the same --arch, --ngf, data and levels")
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    record = {"checkpoint": path, "sha256": digest, "step": int(state["step"]), "lr": saved.get("lr"),
+    record = {"checkpoint": path, "sha256": sha256(path), "step": int(state["step"]), "lr": saved.get("lr"),
               **({"init": saved["init"]} if "init" in saved else {})}
     return state["ema"]["shadow"], record
 
