@@ -73,12 +73,17 @@ def ncsn_recipe(args, images, levels):
 SAME_NETWORK = ("model", "data", "holdout", "ngf", "image_size", "sigmas", "divide_by_sigma", "grey_levels")
 
 
+def differs(a, b, keys):
+    """The keys, sorted, whose values differ between the configs a and b."""
+    return sorted(k for k in keys if a.get(k) != b.get(k))
+
+
 def warm_start(path, config):
     """The EMA weights of the checkpoint at `path` and the record of them for the new run's config.
     Raises ValueError when that run trained another network or on other noise levels."""
     state = load_checkpoint(path)
     saved = state["config"]
-    changed = [k for k in SAME_NETWORK if saved.get(k) != config.get(k)]
+    changed = differs(saved, config, SAME_NETWORK)
     if changed:
         raise ValueError(f"--init {path} was trained with another network or noise levels (differs in {changed}); "
                          f"warm-start only from a run of the same --arch, --ngf, data and levels")
@@ -107,7 +112,7 @@ def train_ncsn(args):
     if os.path.isfile(checkpoint):
         saved = load_checkpoint(checkpoint)["config"]
         if saved != config:
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            changed = differs(saved, config, set(saved) | set(config))
             raise ValueError(f"{checkpoint} was trained with another recipe (differs in {changed}); "
                              f"use a new --out or the same options")
     if args.arch == "ncsnv2" and args.no_divide_by_sigma:
@@ -341,7 +346,7 @@ def parse_log(path, last_step=None):
 
 def export_checkpoint(args):
     """Export the EMA weights of a training run and write its card beside them."""
-    from .pretrained import export
+    from .pretrained import export, warm_starts
 
     digest = export(args.checkpoint, args.out)
     state = load_checkpoint(args.out)
@@ -351,10 +356,14 @@ def export_checkpoint(args):
         "train_command": json.load(open(recipe))["command"] if os.path.isfile(recipe) else None,
         "config": state["config"], "training_log": parse_log(args.log, state["step"]) if args.log else [],
     }
-    if args.init_log:  # a warm-started run: the losses of the run it started from, up to the start
-        if "init" not in state["config"]:
+    if args.init_log:  # a warm-started run: the losses of the runs before it, each up to where the next began
+        chain = warm_starts(state["config"])
+        if not chain:
             raise ValueError(f"--init-log: {args.checkpoint} was not warm-started (trained without --init); drop --init-log")
-        card["init_training_log"] = parse_log(args.init_log, state["config"]["init"]["step"])
+        if len(args.init_log) != len(chain):
+            raise ValueError(f"--init-log: {args.checkpoint} has {len(chain)} warm start(s) behind it, so give "
+                             f"{len(chain)} log(s), oldest first; got {len(args.init_log)}")
+        card["init_training_logs"] = [parse_log(log, start["step"]) for log, start in zip(args.init_log, chain)]
     write_json(card, os.path.splitext(args.out)[0] + ".json")
     print(f"{args.out}: step {state['step']}, {card['bytes'] / 1e6:.1f} MB, SHA-256 {digest}")
     return card
@@ -448,8 +457,8 @@ def main(argv=None):
     ex = commands.add_parser("export", help="write the EMA weights of a checkpoint and their model card")
     ex.add_argument("checkpoint")
     ex.add_argument("--log", default=None, help="the training log, whose losses go into the card")
-    ex.add_argument("--init-log", default=None,
-                    help="for a warm-started run, the log of the run it started from (its losses up to the start)")
+    ex.add_argument("--init-log", nargs="+", default=None, metavar="LOG",
+                    help="for a warm-started run, the logs of the runs before it, oldest first, one per warm start")
     ex.add_argument("--out", required=True, help="the .pt to write; the card goes beside it as .json")
     lo = commands.add_parser("losses", help="the loss at each level on training and on held-out digits")
     lo.add_argument("checkpoint")

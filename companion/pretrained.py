@@ -67,6 +67,27 @@ def export(checkpoint, out):
     return sha256(out)
 
 
+def warm_starts(config):
+    """The warm starts behind a training config, oldest first: the records (checkpoint, sha256, step,
+    lr) that ``train ncsn --init`` nests one inside another under ``config['init']`` (Chapter 7)."""
+    chain = []
+    while "init" in config:
+        config = config["init"]
+        chain.insert(0, config)
+    return chain
+
+
+def training_history(card):
+    """The runs that made the model of a card, oldest first, each as a dict with its learning rate
+    ``'lr'``, its number of ``'steps'`` and its ``'log'`` of [step, loss, seconds per step] counted
+    from its own start (Chapter 7, Training on MNIST). A warm start's log is empty unless the card
+    was exported with ``--init-log``."""
+    starts = warm_starts(card["config"])
+    logs = card.get("init_training_logs") or [[] for _ in starts]
+    runs = [{"lr": start["lr"], "steps": start["step"], "log": log} for start, log in zip(starts, logs)]
+    return runs + [{"lr": card["config"]["lr"], "steps": card["step"], "log": card["training_log"]}]
+
+
 def ncsn_mnist(device="cpu"):
     """The shipped MNIST score model (Chapter 7, Training on MNIST). The weights are checked against the
     SHA-256 of the card before they are loaded.

@@ -140,6 +140,8 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
     # One process uses one stream for everything; several share `generator` for the batch
     # indices only and draw their noise from a stream of their own.
     noise = generator if world == 1 else torch.Generator(device=device).manual_seed(seed + 1 + rank)
+    if init is not None:  # a warm start; a checkpoint of this run, if there is one, overrides it below
+        model.load_state_dict(init)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -165,9 +167,6 @@ def train(loss_fn, model, data, *, n_steps, out_dir=None, batch_size=64, lr=1e-3
         elif streams:
             raise ValueError(f"{path} was written by {len(streams)} processes; resume it with as many, not 1")
         start = int(state["step"])
-    elif init is not None:
-        model.load_state_dict(init)
-        ema = EMA(model, ema_decay)
 
     def checkpoint(step):
         streams = []

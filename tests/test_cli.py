@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from companion.__main__ import main
-from companion.pretrained import sha256
+from companion.pretrained import sha256, training_history, warm_starts
 from companion.train import load_checkpoint
 
 ARGS = ["train", "ncsn", "--no-compile", "--data", "digits", "--holdout", "100", "--ngf", "4", "--checkpoint-every", "2",
@@ -42,12 +42,31 @@ def test_a_warm_start_takes_the_ema_weights_of_a_run_of_the_same_network(tmp_pat
     log = tmp_path / "a.log"
     log.write_text("step 1: loss 3.5000, 0.10 s/step\nstep 2: loss 3.0000, 0.10 s/step\nstep 3: loss 2.0000, 0.10 s/step\n")
     card = main(["export", str(tmp_path / "b" / "checkpoint.pt"), "--init-log", str(log), "--out", str(tmp_path / "m.pt")])
-    assert card["init_training_log"] == [[1, 3.5, 0.1], [2, 3.0, 0.1]] and card["config"]["init"] == record
+    assert card["init_training_logs"] == [[[1, 3.5, 0.1], [2, 3.0, 0.1]]] and card["config"]["init"] == record
     with pytest.raises(ValueError, match="not warm-started"):
         main(["export", str(first), "--init-log", str(log), "--out", str(tmp_path / "n.pt")])
     with pytest.raises(ValueError, match=r"another network or noise levels \(differs in \['sigmas'\]\)"):
         main(ARGS[:-4] + ["--n-levels", "6", "--sigma-max", "3.0", "--steps", "1", "--init", str(first),
                           "--out", str(tmp_path / "c")])
+
+
+def test_a_chain_of_warm_starts_is_recorded_oldest_first(tmp_path):
+    for run, lr, steps, init in [("a", "1e-3", 3, None), ("b", "3e-4", 2, "a"), ("c", "1e-4", 1, "b")]:
+        main(ARGS + ["--steps", str(steps), "--lr", lr, "--out", str(tmp_path / run)]
+             + (["--init", str(tmp_path / init / "checkpoint.pt")] if init else []))
+    logs = []
+    for run, steps in [("a", 4), ("b", 3)]:  # each log runs past the step the next run started from
+        logs.append(tmp_path / f"{run}.log")
+        logs[-1].write_text("".join(f"step {k}: loss {k + 0.5:.4f}, 0.10 s/step\n" for k in range(1, steps + 1)))
+    with pytest.raises(ValueError, match=r"2 warm start\(s\) behind it, so give 2 log\(s\), oldest first; got 1"):
+        main(["export", str(tmp_path / "c" / "checkpoint.pt"), "--init-log", str(logs[0]), "--out", str(tmp_path / "n.pt")])
+    card = main(["export", str(tmp_path / "c" / "checkpoint.pt"), "--init-log", *map(str, logs),
+                 "--out", str(tmp_path / "m.pt")])
+    history = training_history(card)
+    assert [(run["lr"], run["steps"]) for run in history] == [(1e-3, 3), (3e-4, 2), (1e-4, 1)]
+    assert [[entry[0] for entry in run["log"]] for run in history[:2]] == [[1, 2, 3], [1, 2]]
+    assert [start["checkpoint"] for start in warm_starts(card["config"])] == [
+        str(tmp_path / "a" / "checkpoint.pt"), str(tmp_path / "b" / "checkpoint.pt")]
 
 
 def test_mnist_needs_a_path():
