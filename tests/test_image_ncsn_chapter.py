@@ -84,3 +84,27 @@ def test_the_first_recipes_restoration_curve_in_the_chapter_is_its_cards():
     card = json.loads((root / "runs" / "ncsn-mnist-ngf16" / "card.json").read_text())
     in_card = {round(r["from_sigma"], 3): r["confident_share"] for r in card["restoration"].values()}
     assert in_chapter == in_card
+
+
+def test_the_numbers_the_chapter_quotes_are_the_shipped_models():
+    """Chapter 7's prose quotes the card of the shipped model; a new model must update it."""
+    import json
+    from pathlib import Path
+
+    from companion import pretrained
+
+    text = " ".join((Path(__file__).parents[1] / "book" / "image-ncsn.md").read_text().split())
+    card = json.loads(pretrained.SHIPPED_NCSN.with_suffix(".json").read_text())
+    ev, shares = card["evaluation"], [r["confident_share"] for r in card["restoration"].values()]
+    steps = sum(run["steps"] for run in pretrained.training_history(card))
+    share, low, high = (f"{100 * x:.1f}" for x in (ev["confident_share"], *sorted(ev["class_shares"])[::9]))
+    quoted = [
+        f"confident {share} % of the time", f"range from {low} % to {high} %",
+        f"Fréchet distance, {ev['frechet']:.1f}", f"floor of {ev['frechet_real_vs_real']:.1f}",
+        f"{share} % of 1,000 samples confident", f"between {low} % and {high} %",
+        f"{ev['frechet']:.1f} against {ev['frechet_real_vs_real']:.1f} for real digits", f"{steps:,} steps",
+        f"From pure noise it reaches {share} %",
+        f"restores {100 * min(shares[:-1]):.0f}–{100 * max(shares[:-1]):.0f} % of the digits",
+        f"and {100 * shares[-1]:.0f} % from",
+    ]
+    assert [phrase for phrase in quoted if phrase not in text] == []
