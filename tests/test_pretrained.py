@@ -49,3 +49,16 @@ def test_a_tampered_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="reinstall companion"):
         pretrained.ncsn_mnist()
 
+
+
+def test_the_checkpoints_the_shipped_model_was_warm_started_from_are_in_the_repository():
+    """Its lineage can be checked: every checkpoint of the chain is committed with the SHA-256 the card records."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    card = json.loads(pretrained.SHIPPED_NCSN.with_suffix(".json").read_text())
+    starts = pretrained.warm_starts(card["config"])
+    for start in starts:
+        assert pretrained.sha256(root / start["checkpoint"]) == start["sha256"]
+    for run in pretrained.training_history(card)[:-1]:  # each earlier log reaches the step the next run began from
+        assert run["log"][-1][0] == run["steps"]
