@@ -2,7 +2,7 @@
 
 The shipped model, NCSNv2's network at 16 base channels over 95 noise levels, was trained on the
 first 9,000 of 10,000 MNIST digits (the last 1,000 are held out for its evaluation). Its card,
-weights/ncsn_mnist.json, records the exact training command, the checkpoint it was warm-started
+weights/ncsn_mnist.json, records the exact training command, the checkpoints it was warm-started
 from, the configuration, the step count, the SHA-256 of the weights and the evaluation.
 """
 
