@@ -1,10 +1,18 @@
 """Numerical checks of Chapter 7 (the image NCSN)."""
 
+import ast
+import json
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
-from companion import schedules
+from companion import pretrained, schedules
 from companion.refinenet import CondInstanceNormPlus, CondRefineNetDilated, NoNorm
+
+ROOT = Path(__file__).parents[1]
+CHAPTER = ROOT / "book" / "image-ncsn.md"
 
 
 @pytest.mark.parametrize("v,sigma,sigma_next", [(1.0, 2.0, 1.5), (0.3, 1.0, 0.9), (2.0, 0.5, 0.1)])
@@ -72,28 +80,16 @@ def test_receptive_field_of_the_encoder_stages():
 
 def test_the_first_recipes_restoration_curve_in_the_chapter_is_its_cards():
     """Chapter 7 plots the first recipe's restoration curve from a literal dict; it must be the card's."""
-    import ast
-    import json
-    import re
-    from pathlib import Path
-
-    root = Path(__file__).parents[1]
-    text = (root / "book" / "image-ncsn.md").read_text()
-    literal = re.search(r"^first_recipe = (\{.*?\})$", text, re.M | re.S)[1]
+    literal = re.search(r"^first_recipe = (\{.*?\})$", CHAPTER.read_text(), re.M | re.S)[1]
     in_chapter = ast.literal_eval(literal)
-    card = json.loads((root / "runs" / "ncsn-mnist-ngf16" / "card.json").read_text())
+    card = json.loads((ROOT / "runs" / "ncsn-mnist-ngf16" / "card.json").read_text())
     in_card = {round(r["from_sigma"], 3): r["confident_share"] for r in card["restoration"].values()}
     assert in_chapter == in_card
 
 
 def test_the_numbers_the_chapter_quotes_are_the_shipped_models():
     """Chapter 7's prose quotes the card of the shipped model; a new model must update it."""
-    import json
-    from pathlib import Path
-
-    from companion import pretrained
-
-    text = " ".join((Path(__file__).parents[1] / "book" / "image-ncsn.md").read_text().split())
+    text = " ".join(CHAPTER.read_text().split())
     card = json.loads(pretrained.SHIPPED_NCSN.with_suffix(".json").read_text())
     ev, shares = card["evaluation"], [r["confident_share"] for r in card["restoration"].values()]
     steps = sum(run["steps"] for run in pretrained.training_history(card))

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,8 +54,6 @@ def test_a_tampered_file_is_refused(tmp_path, monkeypatch):
 
 def test_the_checkpoints_the_shipped_model_was_warm_started_from_are_in_the_repository():
     """Its lineage can be checked: every checkpoint of the chain is committed with the SHA-256 the card records."""
-    from pathlib import Path
-
     root = Path(__file__).parents[1]
     card = json.loads(pretrained.SHIPPED_NCSN.with_suffix(".json").read_text())
     starts = pretrained.warm_starts(card["config"])
